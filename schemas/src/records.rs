@@ -1,0 +1,198 @@
+//! Rust types of the records on pulseline's topics, one per `.avsc` in `schemas/avro/`.
+//!
+//! Field names follow the Avro schemas (camelCase); times are UTC microseconds, as the
+//! schemas' `timestamp-micros`. The Avro schema is the contract: a test checks that every
+//! type here encodes against its schema and decodes back unchanged.
+
+use std::sync::LazyLock;
+
+use apache_avro::Schema;
+use serde::{Deserialize, Serialize};
+
+/// A record type that travels on a topic as Avro, with its schema compiled in.
+pub trait AvroRecord: Serialize + for<'de> Deserialize<'de> + Send + Sync {
+    /// The schema text, as committed in `schemas/avro/`.
+    const SCHEMA_TEXT: &'static str;
+    /// The un-prefixed topic the record is written to.
+    const TOPIC: &'static str;
+
+    /// The parsed schema (parsed once; a test proves every embedded schema parses).
+    fn schema() -> &'static Schema;
+
+    /// The Kafka key: the user id, so every record of a user shares a partition.
+    fn key(&self) -> &str;
+}
+
+macro_rules! avro_record {
+    ($ty:ty, $file:literal, $topic:expr) => {
+        impl AvroRecord for $ty {
+            const SCHEMA_TEXT: &'static str = include_str!(concat!("../avro/", $file));
+            const TOPIC: &'static str = $topic;
+
+            fn schema() -> &'static Schema {
+                static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+                    Schema::parse_str(<$ty as AvroRecord>::SCHEMA_TEXT).expect(concat!(
+                        "embedded schema ",
+                        $file,
+                        " parses (tested)"
+                    ))
+                });
+                &SCHEMA
+            }
+
+            fn key(&self) -> &str {
+                &self.user_id
+            }
+        }
+    };
+}
+
+/// Whether a change adds/replaces an item or removes it. Deletions are records carrying the
+/// natural key, never null tombstones, because input topics are append-only.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    #[serde(rename = "UPSERT")]
+    Upsert,
+    #[serde(rename = "DELETE")]
+    Delete,
+}
+
+/// One accepted change to a user's samples (`health.samples.v1`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SampleChange {
+    pub user_id: String,
+    pub change_seq: i64,
+    pub change_index: i32,
+    pub operation: Operation,
+    pub source_id: String,
+    pub device_type: String,
+    pub source_record_id: String,
+    pub start_at: i64,
+    pub metric: String,
+    pub end_at: Option<i64>,
+    pub tz_offset_minutes: i32,
+    pub value: Option<f64>,
+    pub unit: Option<String>,
+    pub category: Option<String>,
+    pub metadata_json: Option<String>,
+    pub accepted_at: i64,
+}
+avro_record!(SampleChange, "sample_change.avsc", crate::topics::SAMPLES);
+
+/// One accepted change to a user's logged events (`health.events.v1`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserEventChange {
+    pub user_id: String,
+    pub change_seq: i64,
+    pub change_index: i32,
+    pub operation: Operation,
+    pub event_id: String,
+    pub event_type: String,
+    pub product_id: Option<String>,
+    pub start_at: i64,
+    pub end_at: Option<i64>,
+    pub tz_offset_minutes: i32,
+    pub attributes_json: Option<String>,
+    pub accepted_at: i64,
+}
+avro_record!(
+    UserEventChange,
+    "user_event_change.avsc",
+    crate::topics::EVENTS
+);
+
+/// Rollup bucket length.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Period {
+    #[serde(rename = "DAY")]
+    Day,
+    #[serde(rename = "HOUR")]
+    Hour,
+}
+
+/// A versioned upsert of one rollup bucket (`readmodel.rollups.v1`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RollupUpsert {
+    pub user_id: String,
+    pub metric: String,
+    pub period: Period,
+    pub bucket_start: String,
+    pub version: i64,
+    pub deleted: bool,
+    pub value: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub count: i64,
+    pub sources: Vec<String>,
+    pub applied_seq: i64,
+}
+avro_record!(RollupUpsert, "rollup_upsert.avsc", crate::topics::ROLLUPS);
+
+/// A versioned upsert of one sleep night (written by the sleep processor).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SleepNightUpsert {
+    pub user_id: String,
+    pub night: String,
+    pub version: i64,
+    pub deleted: bool,
+    pub in_bed_minutes: f64,
+    pub asleep_minutes: f64,
+    pub awake_minutes: f64,
+    pub rem_minutes: f64,
+    pub deep_minutes: f64,
+    pub core_minutes: f64,
+    pub latency_minutes: Option<f64>,
+    pub efficiency: Option<f64>,
+    pub awakenings: i32,
+    pub bed_at: Option<i64>,
+    pub wake_at: Option<i64>,
+    pub sources: Vec<String>,
+    pub applied_seq: i64,
+}
+avro_record!(
+    SleepNightUpsert,
+    "sleep_night_upsert.avsc",
+    crate::topics::SLEEP_NIGHTS
+);
+
+/// A versioned upsert of one metric's impact around one user event (impact processor).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionImpactUpsert {
+    pub user_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub product_id: Option<String>,
+    pub metric: String,
+    pub version: i64,
+    pub deleted: bool,
+    pub baseline_avg: Option<f64>,
+    pub after_avg: Option<f64>,
+    pub delta_percent: Option<f64>,
+    pub baseline_count: i64,
+    pub after_count: i64,
+    pub reliable: bool,
+    pub applied_sample_seq: i64,
+    pub applied_event_seq: i64,
+}
+avro_record!(
+    SessionImpactUpsert,
+    "session_impact_upsert.avsc",
+    crate::topics::SESSION_IMPACTS
+);
+
+/// Every schema file with its record name, for tests and tooling that walk them all.
+pub const ALL_SCHEMAS: &[(&str, &str)] = &[
+    ("sample_change.avsc", SampleChange::SCHEMA_TEXT),
+    ("user_event_change.avsc", UserEventChange::SCHEMA_TEXT),
+    ("rollup_upsert.avsc", RollupUpsert::SCHEMA_TEXT),
+    ("sleep_night_upsert.avsc", SleepNightUpsert::SCHEMA_TEXT),
+    (
+        "session_impact_upsert.avsc",
+        SessionImpactUpsert::SCHEMA_TEXT,
+    ),
+];
