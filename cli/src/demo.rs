@@ -76,6 +76,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .create()?;
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.kafka_bootstrap)
+        // Partitions are assigned by hand below; the group id is required but never joined.
+        .set("group.id", format!("{}demo-reader", args.topic_prefix))
         .set("enable.auto.commit", "false")
         .create()?;
 
