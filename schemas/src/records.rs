@@ -19,12 +19,23 @@ pub trait AvroRecord: Serialize + for<'de> Deserialize<'de> + Send + Sync {
     /// The parsed schema (parsed once; a test proves every embedded schema parses).
     fn schema() -> &'static Schema;
 
-    /// The Kafka key: the user id, so every record of a user shares a partition.
-    fn key(&self) -> &str;
+    /// The user the record belongs to. Every topic is partitioned by user (the input topics
+    /// through their key; read-model topics by choosing the partition explicitly), so all of
+    /// a user's records stay in order in one partition.
+    fn user_id(&self) -> &str;
+
+    /// The Kafka message key: the user id on input topics; on compacted read-model topics
+    /// the read-model key, so compaction keeps the newest version of each row.
+    fn key(&self) -> String {
+        self.user_id().to_owned()
+    }
 }
 
 macro_rules! avro_record {
     ($ty:ty, $file:literal, $topic:expr) => {
+        avro_record!($ty, $file, $topic, |r: &$ty| r.user_id.clone());
+    };
+    ($ty:ty, $file:literal, $topic:expr, $key:expr) => {
         impl AvroRecord for $ty {
             const SCHEMA_TEXT: &'static str = include_str!(concat!("../avro/", $file));
             const TOPIC: &'static str = $topic;
@@ -40,8 +51,12 @@ macro_rules! avro_record {
                 &SCHEMA
             }
 
-            fn key(&self) -> &str {
+            fn user_id(&self) -> &str {
                 &self.user_id
+            }
+
+            fn key(&self) -> String {
+                ($key)(self)
             }
         }
     };
@@ -129,7 +144,13 @@ pub struct RollupUpsert {
     pub sources: Vec<String>,
     pub applied_seq: i64,
 }
-avro_record!(RollupUpsert, "rollup_upsert.avsc", crate::topics::ROLLUPS);
+avro_record!(RollupUpsert, "rollup_upsert.avsc", crate::topics::ROLLUPS, |r: &RollupUpsert| {
+    let period = match r.period {
+        Period::Day => "DAY",
+        Period::Hour => "HOUR",
+    };
+    format!("{}|{}|{period}|{}", r.user_id, r.metric, r.bucket_start)
+});
 
 /// A versioned upsert of one sleep night (written by the sleep processor).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -156,7 +177,8 @@ pub struct SleepNightUpsert {
 avro_record!(
     SleepNightUpsert,
     "sleep_night_upsert.avsc",
-    crate::topics::SLEEP_NIGHTS
+    crate::topics::SLEEP_NIGHTS,
+    |r: &SleepNightUpsert| format!("{}|{}", r.user_id, r.night)
 );
 
 /// A versioned upsert of one metric's impact around one user event (impact processor).
@@ -182,7 +204,8 @@ pub struct SessionImpactUpsert {
 avro_record!(
     SessionImpactUpsert,
     "session_impact_upsert.avsc",
-    crate::topics::SESSION_IMPACTS
+    crate::topics::SESSION_IMPACTS,
+    |r: &SessionImpactUpsert| format!("{}|{}|{}", r.user_id, r.event_id, r.metric)
 );
 
 /// Every schema file with its record name, for tests and tooling that walk them all.
@@ -196,3 +219,30 @@ pub const ALL_SCHEMAS: &[(&str, &str)] = &[
         SessionImpactUpsert::SCHEMA_TEXT,
     ),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_records_are_keyed_by_user_and_read_models_by_row() {
+        let rollup = RollupUpsert {
+            user_id: "u1".into(),
+            metric: "STEPS".into(),
+            period: Period::Day,
+            bucket_start: "2026-11-23".into(),
+            version: 1,
+            deleted: false,
+            value: None,
+            min: None,
+            max: None,
+            count: 0,
+            sources: vec![],
+            applied_seq: 0,
+        };
+        assert_eq!(rollup.key(), "u1|STEPS|DAY|2026-11-23");
+        assert_eq!(rollup.user_id(), "u1");
+        let hour = RollupUpsert { period: Period::Hour, ..rollup };
+        assert_eq!(hour.key(), "u1|STEPS|HOUR|2026-11-23");
+    }
+}

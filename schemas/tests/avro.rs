@@ -375,7 +375,7 @@ async fn records_travel_through_the_real_broker_keyed_by_user() {
         let payload = codec.encode(r).await.expect("encode");
         let delivery = producer
             .send(
-                FutureRecord::to(&topic).key(r.key()).payload(&payload),
+                FutureRecord::to(&topic).key(&r.key()).payload(&payload),
                 Duration::from_secs(10),
             )
             .await
