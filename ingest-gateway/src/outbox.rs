@@ -142,7 +142,7 @@ pub async fn enqueue(
 
 /// A row claimed by the relay, as stored; `payload` is decoded by [`OutboxRecord::from_row`]
 /// only after claiming, so a poison row can still be moved aside by id.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedRow {
     pub id: i64,
     pub stream: i16,
@@ -160,36 +160,14 @@ pub async fn claim(
     shard: i16,
     limit: i64,
 ) -> Result<Vec<ClaimedRow>, OutboxError> {
-    let rows: Vec<(
-        i64,
-        i16,
-        Uuid,
-        i64,
-        i32,
-        String,
-        chrono::DateTime<chrono::Utc>,
-    )> = sqlx::query_as(
-        "SELECT id, stream, user_id, change_seq, change_index, payload::text, created_at
-             FROM outbox WHERE shard = $1 ORDER BY id LIMIT $2",
+    Ok(sqlx::query_as(
+        "SELECT id, stream, user_id, change_seq, change_index, payload::text AS payload, created_at
+         FROM outbox WHERE shard = $1 ORDER BY id LIMIT $2",
     )
     .bind(shard)
     .bind(limit)
     .fetch_all(&mut *tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(id, stream, user_id, change_seq, change_index, payload, created_at)| ClaimedRow {
-                id,
-                stream,
-                user_id,
-                change_seq,
-                change_index,
-                payload,
-                created_at,
-            },
-        )
-        .collect())
+    .await?)
 }
 
 /// Removes published rows (in the claiming transaction, so a rollback republishes them).

@@ -1,0 +1,19 @@
+//! `pulseline-relay`: publishes the outbox to Kafka (`run`, the default) or re-enqueues
+//! accepted data from Postgres (`republish`). The logic lives in `relay`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pulseline_ingest_gateway::relay::{Cli, init_json_logs, run_cli};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_json_logs();
+    match run_cli(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(kind = e.kind(), error = %e.log_safe(), "pulseline-relay failed");
+            ExitCode::FAILURE
+        }
+    }
+}
