@@ -1,6 +1,7 @@
 //! `pulseline`: the command the README's first line runs.
 
 mod demo;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -13,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the pipeline on the embedded default with simulated users, and show what it did.
+    Run(run::RunArgs),
     /// Send sample records through Avro, the schema registry and the broker, and back.
     Demo(demo::DemoArgs),
 }
@@ -20,6 +23,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Run(args) => run::run(args).await,
         Command::Demo(args) => demo::run(args).await,
     }
 }
