@@ -1,0 +1,116 @@
+//! The query API application: built from a `Config` (connects, migrates the read-model
+//! tables, binds), then run. Tests build it with port 0 and a private database.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pulseline_ingest_gateway::auth::JwtVerifier;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState, Shared};
+use crate::config::Config;
+use crate::error::QueryError;
+use crate::params::RangeLimits;
+use crate::store::ReadStore;
+use crate::telemetry::Telemetry;
+
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppState,
+}
+
+impl Application {
+    /// Validates the config, connects to Postgres, runs the sink's migrations (if
+    /// configured) and binds the address.
+    pub async fn build(config: Config) -> Result<Self, QueryError> {
+        config.validate()?;
+        let verifier = JwtVerifier::new(&config.jwt_secret, config.jwt_jwks_file.as_deref())
+            .map_err(|e| QueryError::Startup(e.to_string()))?;
+        let store = ReadStore::connect(
+            &config.database_url,
+            config.db_pool_size,
+            config.db_acquire_timeout(),
+        )
+        .await?;
+        if config.migrate {
+            pulseline_sinks::postgres::MIGRATOR
+                .run(store.pool())
+                .await
+                .map_err(|e| QueryError::Startup(format!("read-model migrations: {e}")))?;
+        }
+        let telemetry =
+            Telemetry::new().map_err(|e| QueryError::Startup(format!("metrics registry: {e}")))?;
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|e| QueryError::Startup(format!("binding {}: {e}", config.addr)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| QueryError::Startup(format!("local address: {e}")))?;
+        let state = AppState::new(Shared {
+            store,
+            verifier: Arc::new(verifier),
+            telemetry,
+            limits: RangeLimits {
+                max_days_day: config.max_days_day,
+                max_days_hour: config.max_days_hour,
+            },
+            readiness_timeout: config.readiness_timeout(),
+            openapi: Arc::new(api::openapi_json()),
+        });
+        Ok(Self {
+            listener,
+            addr,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until SIGINT or SIGTERM, then drains in-flight requests.
+    pub async fn run_until_stopped(self) -> Result<(), QueryError> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), QueryError> {
+        tracing::info!(addr = %self.addr, "query API listening");
+        axum::serve(self.listener, api::router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| QueryError::Startup(format!("serving: {e}")))
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}

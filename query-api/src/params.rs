@@ -1,0 +1,300 @@
+//! Query parameters, parsed into types that are valid by construction: handlers and the
+//! store never see a raw string. Every refusal names the parameter and the rule.
+
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
+use pulseline_schemas::{Catalog, MetricDef};
+use serde_json::json;
+
+use crate::error::QueryError;
+
+/// Rollup bucket length, as the API spells it (`day`, `hour`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Hour,
+}
+
+impl Period {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Hour => "hour",
+        }
+    }
+
+    /// The `rollup.period` value the sink writes.
+    pub fn stored(self) -> &'static str {
+        match self {
+            Period::Day => "DAY",
+            Period::Hour => "HOUR",
+        }
+    }
+
+    /// A bucket start as the API shows it: the topic's format.
+    pub fn format_start(self, start: NaiveDateTime) -> String {
+        match self {
+            Period::Day => start.format("%Y-%m-%d").to_string(),
+            Period::Hour => start.format("%Y-%m-%dT%H:%M:%S").to_string(),
+        }
+    }
+}
+
+/// The longest ranges a request may ask for, per period.
+#[derive(Debug, Clone, Copy)]
+pub struct RangeLimits {
+    pub max_days_day: u32,
+    pub max_days_hour: u32,
+}
+
+/// `GET /v1/me/rollups` parameters, checked.
+#[derive(Debug, Clone)]
+pub struct RollupsQuery {
+    pub metric: &'static MetricDef,
+    pub period: Period,
+    /// First local day, inclusive.
+    pub from: NaiveDate,
+    /// Last local day, inclusive.
+    pub to: NaiveDate,
+}
+
+const KNOWN: [&str; 4] = ["metric", "period", "from", "to"];
+
+impl RollupsQuery {
+    /// Parses the decoded query pairs. Syntax (400) is checked before existence (404).
+    pub fn parse(pairs: &[(String, String)], limits: RangeLimits) -> Result<Self, QueryError> {
+        for (i, (name, _)) in pairs.iter().enumerate() {
+            if !KNOWN.contains(&name.as_str()) {
+                return Err(QueryError::invalid_with(
+                    name,
+                    format!("unknown parameter `{name}`"),
+                    json!({ "allowed": KNOWN }),
+                ));
+            }
+            if pairs[..i].iter().any(|(n, _)| n == name) {
+                return Err(QueryError::invalid(
+                    name,
+                    format!("`{name}` is given more than once"),
+                ));
+            }
+        }
+        let get = |name: &str| -> Result<&str, QueryError> {
+            pairs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| QueryError::invalid(name, format!("`{name}` is required")))
+        };
+        let metric = get("metric")?;
+        let period = match get("period")?.to_ascii_lowercase().as_str() {
+            "day" => Period::Day,
+            "hour" => Period::Hour,
+            _ => {
+                return Err(QueryError::invalid_with(
+                    "period",
+                    "`period` must be `day` or `hour`",
+                    json!({ "allowed": ["day", "hour"] }),
+                ));
+            }
+        };
+        let from = parse_date("from", get("from")?)?;
+        let to = parse_date("to", get("to")?)?;
+        if from > to {
+            return Err(QueryError::invalid_with(
+                "from",
+                "`from` must not be after `to`",
+                json!({ "from": from.to_string(), "to": to.to_string() }),
+            ));
+        }
+        let max_days = match period {
+            Period::Day => limits.max_days_day,
+            Period::Hour => limits.max_days_hour,
+        };
+        let days = (to - from).num_days() + 1;
+        if days > i64::from(max_days) {
+            return Err(QueryError::invalid_with(
+                "to",
+                format!(
+                    "the range `from`..`to` covers {days} days; period={} allows at most {max_days}",
+                    period.as_str()
+                ),
+                json!({ "days": days, "maxDays": max_days }),
+            ));
+        }
+        // Codes are UPPER_SNAKE; accept any case from a hand-typed URL.
+        let code = metric.to_ascii_uppercase();
+        let metric = Catalog::builtin()
+            .metric(&code)
+            .map_err(|_| QueryError::UnknownMetric(code.clone()))?;
+        Ok(Self {
+            metric,
+            period,
+            from,
+            to,
+        })
+    }
+
+    /// Bucket starts in `[start, end)`: from the first day's midnight to the midnight
+    /// after the last day, so the last day's hours are included.
+    pub fn bucket_range(&self) -> (NaiveDateTime, NaiveDateTime) {
+        let start = self.from.and_time(NaiveTime::MIN);
+        let end = self
+            .to
+            .checked_add_signed(TimeDelta::days(1))
+            .unwrap_or(NaiveDate::MAX)
+            .and_time(NaiveTime::MIN);
+        (start, end)
+    }
+}
+
+fn parse_date(name: &str, value: &str) -> Result<NaiveDate, QueryError> {
+    // `%Y` alone would accept "+2026" or a 5-digit year; the API is exactly YYYY-MM-DD.
+    let shape_ok = value.len() == 10
+        && value.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    shape_ok
+        .then(|| NaiveDate::parse_from_str(value, "%Y-%m-%d").ok())
+        .flatten()
+        .ok_or_else(|| {
+            QueryError::invalid_with(
+                name,
+                format!("`{name}` must be a calendar date YYYY-MM-DD"),
+                json!({ "format": "YYYY-MM-DD" }),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RangeLimits = RangeLimits {
+        max_days_day: 400,
+        max_days_hour: 31,
+    };
+
+    fn q(pairs: &[(&str, &str)]) -> Result<RollupsQuery, QueryError> {
+        let owned: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect();
+        RollupsQuery::parse(&owned, LIMITS)
+    }
+
+    fn parameter(e: QueryError) -> String {
+        match e {
+            QueryError::InvalidParameter { parameter, .. } => parameter,
+            other => panic!("expected INVALID_PARAMETER, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_a_good_query() {
+        let r = q(&[
+            ("metric", "steps"),
+            ("period", "HOUR"),
+            ("from", "2026-03-01"),
+            ("to", "2026-03-02"),
+        ])
+        .unwrap();
+        assert_eq!(r.metric.code(), "STEPS");
+        assert_eq!(r.period, Period::Hour);
+        let (start, end) = r.bucket_range();
+        assert_eq!(start.to_string(), "2026-03-01 00:00:00");
+        assert_eq!(end.to_string(), "2026-03-03 00:00:00");
+    }
+
+    #[test]
+    fn names_the_offending_parameter() {
+        let base = [
+            ("metric", "STEPS"),
+            ("period", "day"),
+            ("from", "2026-03-01"),
+            ("to", "2026-03-02"),
+        ];
+        fn with<'a>(
+            base: &[(&'a str, &'a str)],
+            name: &'a str,
+            value: &'a str,
+        ) -> Vec<(&'a str, &'a str)> {
+            let mut v: Vec<(&str, &str)> =
+                base.iter().copied().filter(|(n, _)| *n != name).collect();
+            v.push((name, value));
+            v
+        }
+        assert_eq!(
+            parameter(q(&with(&base, "period", "week")).unwrap_err()),
+            "period"
+        );
+        for bad in ["2026-3-01", "2026-02-30", "+2026-01-01", "yesterday", ""] {
+            assert_eq!(
+                parameter(q(&with(&base, "from", bad)).unwrap_err()),
+                "from",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parameter(q(&with(&base, "to", "2026-13-01")).unwrap_err()),
+            "to"
+        );
+        assert_eq!(
+            parameter(q(&with(&base, "from", "2026-03-05")).unwrap_err()),
+            "from"
+        );
+        assert_eq!(parameter(q(&base[1..]).unwrap_err()), "metric");
+        let mut extra = base.to_vec();
+        extra.push(("form", "2026-01-01"));
+        assert_eq!(parameter(q(&extra).unwrap_err()), "form");
+        let mut twice = base.to_vec();
+        twice.push(("to", "2026-03-03"));
+        assert_eq!(parameter(q(&twice).unwrap_err()), "to");
+    }
+
+    #[test]
+    fn range_limits_depend_on_the_period() {
+        let day = q(&[
+            ("metric", "STEPS"),
+            ("period", "day"),
+            ("from", "2025-03-01"),
+            ("to", "2026-03-01"),
+        ]);
+        assert!(day.is_ok());
+        let hour = q(&[
+            ("metric", "STEPS"),
+            ("period", "hour"),
+            ("from", "2026-03-01"),
+            ("to", "2026-04-01"),
+        ]);
+        assert_eq!(parameter(hour.unwrap_err()), "to");
+        let hour = q(&[
+            ("metric", "STEPS"),
+            ("period", "hour"),
+            ("from", "2026-03-01"),
+            ("to", "2026-03-31"),
+        ]);
+        assert!(hour.is_ok());
+    }
+
+    #[test]
+    fn unknown_metrics_are_404_after_syntax_checks() {
+        let e = q(&[
+            ("metric", "NOPE"),
+            ("period", "day"),
+            ("from", "2026-03-01"),
+            ("to", "2026-03-01"),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, QueryError::UnknownMetric(ref m) if m == "NOPE"));
+        let e = q(&[
+            ("metric", "NOPE"),
+            ("period", "week"),
+            ("from", "2026-03-01"),
+            ("to", "2026-03-01"),
+        ])
+        .unwrap_err();
+        assert_eq!(parameter(e), "period");
+    }
+}

@@ -1,0 +1,165 @@
+//! The query API's metrics and log events, emitted from one place: each event is a small
+//! struct that knows which metrics it moves. Handlers call `telemetry.emit(event)`.
+//!
+//! Nothing here logs a read-model value (PHI): only routes, statuses, counts and lags.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// The API's Prometheus registry (one per application, so tests do not share counters).
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_seconds: HistogramVec,
+    answers: IntCounterVec,
+    lag_seconds: Histogram,
+}
+
+/// One thing that happened, worth a metric and maybe a log line.
+pub trait QueryEvent {
+    fn emit(self, t: &Telemetry);
+}
+
+impl Telemetry {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("pulseline_query".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route and status"),
+            &["route", "status"],
+        )?;
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route"],
+        )?;
+        let answers = IntCounterVec::new(
+            Opts::new(
+                "read_model_answers_total",
+                "Read-model answers by read model and freshness status",
+            ),
+            &["read_model", "status"],
+        )?;
+        let lag_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "freshness_lag_seconds",
+                "Freshness lag reported in answers (0 when fresh)",
+            )
+            .buckets(vec![
+                0.0, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+            ]),
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_seconds.clone()))?;
+        registry.register(Box::new(answers.clone()))?;
+        registry.register(Box::new(lag_seconds.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            request_seconds,
+            answers,
+            lag_seconds,
+        })
+    }
+
+    pub fn emit(&self, event: impl QueryEvent) {
+        event.emit(self);
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// An HTTP request finished (any route, any status).
+#[derive(Debug)]
+pub struct RequestCompleted<'a> {
+    pub route: &'a str,
+    pub status: u16,
+    pub elapsed: Duration,
+}
+
+impl QueryEvent for RequestCompleted<'_> {
+    fn emit(self, t: &Telemetry) {
+        t.requests
+            .with_label_values(&[self.route, &self.status.to_string()])
+            .inc();
+        t.request_seconds
+            .with_label_values(&[self.route])
+            .observe(self.elapsed.as_secs_f64());
+    }
+}
+
+/// A read-model answer went out with this freshness.
+#[derive(Debug)]
+pub struct ReadModelAnswered {
+    pub read_model: &'static str,
+    pub fresh: bool,
+    pub lag_seconds: f64,
+    pub points: usize,
+}
+
+impl QueryEvent for ReadModelAnswered {
+    fn emit(self, t: &Telemetry) {
+        let status = if self.fresh { "fresh" } else { "stale" };
+        t.answers
+            .with_label_values(&[self.read_model, status])
+            .inc();
+        t.lag_seconds.observe(self.lag_seconds);
+        tracing::debug!(
+            read_model = self.read_model,
+            status,
+            lag_seconds = self.lag_seconds,
+            points = self.points,
+            "read model answered"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_move_their_metrics() {
+        let t = Telemetry::new().unwrap();
+        t.emit(RequestCompleted {
+            route: "/v1/me/rollups",
+            status: 200,
+            elapsed: Duration::from_millis(3),
+        });
+        t.emit(ReadModelAnswered {
+            read_model: "rollups",
+            fresh: false,
+            lag_seconds: 1.5,
+            points: 3,
+        });
+        let text = t.render();
+        assert!(
+            text.contains(
+                r#"pulseline_query_http_requests_total{route="/v1/me/rollups",status="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"pulseline_query_read_model_answers_total{read_model="rollups",status="stale"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("pulseline_query_freshness_lag_seconds_bucket"));
+    }
+}

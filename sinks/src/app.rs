@@ -1,0 +1,154 @@
+//! The sink process: built from a `SinkConfig` (opens the store, migrates, creates the
+//! topics, binds the metrics address), then run until stopped. Tests build it with port 0
+//! and a private database and topic prefix.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use pulseline_schemas::AvroCodec;
+use pulseline_schemas::records::{AvroRecord, RollupUpsert};
+use pulseline_schemas::topics;
+use tokio::net::TcpListener;
+
+use crate::config::SinkConfig;
+use crate::error::SinkError;
+use crate::runner::{RunnerSettings, SinkRunner};
+use crate::sink::Sink;
+use crate::telemetry::SinkTelemetry;
+
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A built sink, ready to run.
+#[derive(Debug)]
+pub struct SinkApplication {
+    runner: Arc<SinkRunner>,
+    sink: Arc<dyn Sink>,
+    listener: TcpListener,
+    metrics_addr: SocketAddr,
+}
+
+impl SinkApplication {
+    pub async fn build(config: SinkConfig) -> Result<Self, SinkError> {
+        config.validate()?;
+        let sink = crate::open(&config.database_url, config.db_pool_size).await?;
+        if config.create_topics {
+            topics::ensure_all(&config.kafka_bootstrap, &config.topic_prefix).await?;
+        }
+        let codec = AvroCodec::new(&config.schema_registry_url, &config.topic_prefix)?;
+        let telemetry = SinkTelemetry::new()
+            .map_err(|e| SinkError::Startup(format!("metrics registry: {e}")))?;
+        let settings = RunnerSettings {
+            kafka_bootstrap: config.kafka_bootstrap.clone(),
+            group_id: config.group_id(),
+            topic: codec.topic_of::<RollupUpsert>(),
+            dead_letter_topic: topics::prefixed(&config.topic_prefix, topics::DEAD_LETTER),
+            batch_max_records: config.batch_max_records,
+            batch_linger: config.batch_linger(),
+        };
+        debug_assert_eq!(RollupUpsert::TOPIC, topics::ROLLUPS);
+        let runner = Arc::new(SinkRunner::new(settings, sink.clone(), codec, telemetry)?);
+        let listener = TcpListener::bind(config.metrics_addr)
+            .await
+            .map_err(|e| SinkError::Startup(format!("binding {}: {e}", config.metrics_addr)))?;
+        let metrics_addr = listener
+            .local_addr()
+            .map_err(|e| SinkError::Startup(format!("local address: {e}")))?;
+        Ok(Self {
+            runner,
+            sink,
+            listener,
+            metrics_addr,
+        })
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// The runner's counters (rows applied, stale skipped, records consumed ...).
+    pub fn telemetry(&self) -> SinkTelemetry {
+        self.runner.telemetry().clone()
+    }
+
+    /// Runs until SIGINT or SIGTERM.
+    pub async fn run_until_stopped(self) -> Result<(), SinkError> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Consumes until `shutdown` completes; serves /metrics, /healthz and /readyz meanwhile.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), SinkError> {
+        let state = OpsState {
+            telemetry: self.runner.telemetry().clone(),
+            sink: self.sink.clone(),
+        };
+        let router = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .with_state(state);
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(self.listener, router).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+        tracing::info!(metrics_addr = %self.metrics_addr, engine = self.sink.engine(), "sink running");
+        let result = self.runner.run(shutdown).await;
+        server.abort();
+        result
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    telemetry: SinkTelemetry,
+    sink: Arc<dyn Sink>,
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    let mut response = state.telemetry.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    match tokio::time::timeout(READINESS_TIMEOUT, state.sink.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("read store: {e}")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "read store: timed out").into_response(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,352 @@
+//! The sink end to end against the real broker, registry and Postgres: records written in
+//! Kafka transactions (some aborted, which tansu still shows read_committed readers, some
+//! unusable), consumed, applied; stopped and restarted mid-stream; dropped in the middle
+//! of a transaction; the binary killed with SIGKILL. Each test has its own database, topic
+//! prefix and consumer group. Needs `scripts/stack up`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use pulseline_schemas::records::{Period, RollupUpsert};
+use pulseline_sinks::SinkApplication;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use support::{Harness, RollupProducer, expected_progress, expected_rows, partition_of, upsert};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// Records for `users`: every key gets versions 1..=n, in a shuffled order per key with
+/// duplicates, so older versions arrive after newer ones. Grouped per user (per-user order
+/// in one partition is what the processor guarantees, not per-key version order).
+fn workload(rng: &mut StdRng, users: &[Uuid], max_version: i64) -> Vec<RollupUpsert> {
+    let mut out = Vec::new();
+    for &user in users {
+        let mut versions = Vec::new();
+        for (metric, period, bucket) in [
+            ("STEPS", Period::Day, "2026-03-01"),
+            ("STEPS", Period::Day, "2026-03-02"),
+            ("STEPS", Period::Hour, "2026-03-01T07:00:00"),
+            ("HEART_RATE", Period::Hour, "2026-03-01T07:00:00"),
+        ] {
+            for v in 1..=rng.random_range(1..=max_version) {
+                versions.push(upsert(user, metric, period, bucket, v));
+                if rng.random_bool(0.2) {
+                    versions.push(upsert(user, metric, period, bucket, v)); // duplicate
+                }
+            }
+        }
+        versions.shuffle(rng);
+        out.extend(versions);
+    }
+    out
+}
+
+/// Splits records into transactions of `size`, each committed.
+async fn produce_committed(p: &mut RollupProducer, records: &[RollupUpsert], size: usize) {
+    for chunk in records.chunks(size) {
+        p.transaction(chunk, true).await;
+    }
+}
+
+/// Runs a sink app in a task; the sender stops it gracefully.
+fn spawn_sink(
+    app: SinkApplication,
+) -> (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), pulseline_sinks::SinkError>>,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_committed_aborted_and_unusable_records_exactly_as_versions_say() {
+    let h = Harness::with_topics("sink-e2e").await;
+    let mut rng = StdRng::seed_from_u64(1);
+    let users: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
+    let records = workload(&mut rng, &users, 6);
+    let mut producer = RollupProducer::new(&h).await;
+    let (first, second) = records.split_at(records.len() / 2);
+    produce_committed(&mut producer, first, 50).await;
+    // An aborted transaction whose records a deterministic processor re-emits, identical,
+    // in the next (committed) one. tansu shows the aborted ones too; either way the table
+    // must end the same.
+    producer.transaction(&second[..20], false).await;
+    // Unusable records: not Avro at all, and a record whose user id is not a UUID.
+    let mut bad = upsert(users[0], "STEPS", Period::Day, "2026-03-01", 99);
+    bad.user_id = "not-a-uuid".into();
+    let bad_payload = pulseline_schemas::AvroCodec::new(&h.stack.schema_registry_url, &h.prefix)
+        .unwrap()
+        .encode(&bad)
+        .await
+        .unwrap();
+    let p = partition_of(&users[0].to_string());
+    producer
+        .raw_transaction(
+            &[
+                (p, "garbage".into(), b"not avro".to_vec()),
+                (p, "bad-user".into(), bad_payload),
+            ],
+            true,
+        )
+        .await;
+    produce_committed(&mut producer, second, 50).await;
+
+    let app = SinkApplication::build(h.config(100)).await.unwrap();
+    let telemetry = app.telemetry();
+    let metrics_url = format!("http://{}/metrics", app.metrics_addr());
+    let (stop, task) = spawn_sink(app);
+    h.wait_for_offsets(&producer.expected_offsets(), WITHIN)
+        .await;
+
+    assert_eq!(h.rows().await, expected_rows(&records));
+    assert_eq!(h.progress().await, expected_progress(&records));
+    let text = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"pulseline_sink_invalid_records_total{reason="undecodable"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"pulseline_sink_invalid_records_total{reason="invalid"} 1"#),
+        "{text}"
+    );
+    // Whether or not the broker hid the aborted records, every consumed record was
+    // either written or skipped as stale, once.
+    assert_eq!(
+        telemetry.rows_applied() + telemetry.stale_skipped() + 2,
+        telemetry.records_consumed()
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_mid_stream_and_restarted_it_ends_at_the_final_versions() {
+    let h = Harness::with_topics("sink-restart").await;
+    let mut rng = StdRng::seed_from_u64(2);
+    let users: Vec<Uuid> = (0..12).map(|_| Uuid::new_v4()).collect();
+    let records = workload(&mut rng, &users, 8);
+    let (first, second) = records.split_at(records.len() * 2 / 3);
+    let mut producer = RollupProducer::new(&h).await;
+    produce_committed(&mut producer, first, 40).await;
+    let after_first = producer.expected_offsets();
+
+    let app = SinkApplication::build(h.config(25)).await.unwrap();
+    let run1 = app.telemetry();
+    let (stop, task) = spawn_sink(app);
+    h.wait_for_offsets(&after_first, WITHIN).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(h.rows().await, expected_rows(first));
+
+    // More of the stream arrives while the sink is down: newer and older versions of the
+    // same keys, and duplicates of what it already applied.
+    produce_committed(&mut producer, second, 40).await;
+    let app = SinkApplication::build(h.config(25)).await.unwrap();
+    let run2 = app.telemetry();
+    let (stop, task) = spawn_sink(app);
+    h.wait_for_offsets(&producer.expected_offsets(), WITHIN)
+        .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    assert_eq!(h.rows().await, expected_rows(&records));
+    assert_eq!(h.progress().await, expected_progress(&records));
+    // The second run started where the first one stopped: no record consumed twice.
+    assert_eq!(
+        run1.records_consumed() + run2.records_consumed(),
+        records.len() as u64
+    );
+    assert_eq!(run1.records_consumed(), first.len() as u64);
+    for run in [&run1, &run2] {
+        assert_eq!(
+            run.rows_applied() + run.stale_skipped(),
+            run.records_consumed()
+        );
+    }
+}
+
+/// Waits until a backend of this database waits for a lock (the sink's transaction is
+/// stuck behind the test's lock, between its first write and its commit).
+async fn wait_for_blocked_transaction(h: &Harness) {
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink never blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_dropped_inside_a_transaction_applies_nothing_twice() {
+    let h = Harness::with_topics("sink-crash").await;
+    let mut rng = StdRng::seed_from_u64(3);
+    let users: Vec<Uuid> = (0..12).map(|_| Uuid::new_v4()).collect();
+    let records = workload(&mut rng, &users, 8);
+    let (first, second) = records.split_at(records.len() / 2);
+    let mut producer = RollupProducer::new(&h).await;
+    produce_committed(&mut producer, first, 60).await;
+
+    let app = SinkApplication::build(h.config(20)).await.unwrap();
+    let run1 = app.telemetry();
+    let (_stop, task) = spawn_sink(app);
+    h.wait_for_offsets(&producer.expected_offsets(), WITHIN)
+        .await;
+
+    // Freeze the sink's next transaction after its offset update and rollup upsert, at
+    // the progress upsert; then drop the sink there, as a crash would.
+    let mut lock = h.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sink_progress IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let offsets_before_crash = h.stored_offsets().await;
+    let rows_before_crash = h.rows().await;
+    let consumed_before_crash = run1.records_consumed();
+    produce_committed(&mut producer, second, 60).await;
+    wait_for_blocked_transaction(&h).await;
+    task.abort();
+    let _ = task.await;
+    lock.commit().await.unwrap();
+    // The dropped transaction never committed: offsets and rows are as before it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.stored_offsets().await, offsets_before_crash);
+    assert_eq!(h.rows().await, rows_before_crash);
+    assert_eq!(run1.records_consumed(), consumed_before_crash);
+    assert_eq!(consumed_before_crash, first.len() as u64);
+
+    let app = SinkApplication::build(h.config(20)).await.unwrap();
+    let run2 = app.telemetry();
+    let (stop, task) = spawn_sink(app);
+    h.wait_for_offsets(&producer.expected_offsets(), WITHIN)
+        .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    assert_eq!(h.rows().await, expected_rows(&records));
+    assert_eq!(h.progress().await, expected_progress(&records));
+    assert_eq!(
+        run2.records_consumed(),
+        second.len() as u64,
+        "the restarted sink re-read exactly the uncommitted part"
+    );
+    for run in [&run1, &run2] {
+        assert_eq!(
+            run.rows_applied() + run.stale_skipped(),
+            run.records_consumed()
+        );
+    }
+}
+
+fn start_sink_process(h: &Harness, log: &std::path::Path) -> Child {
+    let c = h.config(20);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_pulseline-sink"))
+        .env("PULSELINE_DATABASE_URL", &c.database_url)
+        .env("PULSELINE_KAFKA_BOOTSTRAP", &c.kafka_bootstrap)
+        .env("PULSELINE_SCHEMA_REGISTRY_URL", &c.schema_registry_url)
+        .env("PULSELINE_TOPIC_PREFIX", &c.topic_prefix)
+        .env("PULSELINE_SINK_BATCH_MAX_RECORDS", "20")
+        .env("PULSELINE_SINK_BATCH_LINGER_MS", "5")
+        .env("PULSELINE_SINK_METRICS_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start pulseline-sink")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_killed_with_sigkill_mid_stream_recovers_from_its_stored_offsets() {
+    let h = Harness::with_topics("sink-kill").await;
+    let mut rng = StdRng::seed_from_u64(4);
+    let users: Vec<Uuid> = (0..16).map(|_| Uuid::new_v4()).collect();
+    let records = workload(&mut rng, &users, 10);
+    let mut producer = RollupProducer::new(&h).await;
+    produce_committed(&mut producer, &records, 80).await;
+    let expected = producer.expected_offsets();
+    let log = std::env::temp_dir().join(format!("{}sink.log", h.prefix));
+
+    let mut kills = 0;
+    loop {
+        let mut child = start_sink_process(&h, &log);
+        let before = h.stored_offsets().await;
+        // Kill it at a random moment once it has committed something new.
+        let deadline = std::time::Instant::now() + WITHIN;
+        loop {
+            let now = h.stored_offsets().await;
+            if now != before || now == expected {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no progress; see {}",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        if h.stored_offsets().await == expected || kills == 3 {
+            break;
+        }
+    }
+    let mut child = start_sink_process(&h, &log);
+    h.wait_for_offsets(&expected, WITHIN).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert_eq!(h.rows().await, expected_rows(&records));
+    assert_eq!(h.progress().await, expected_progress(&records));
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn workloads_have_late_versions_and_duplicates() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let records = workload(&mut rng, &[Uuid::new_v4(), Uuid::new_v4()], 6);
+    let mut newest: BTreeMap<_, i64> = BTreeMap::new();
+    let (mut late, mut dupes) = (0, 0);
+    for r in &records {
+        let v = newest.entry(support::key_of(r)).or_insert(0);
+        if r.version < *v {
+            late += 1;
+        } else if r.version == *v {
+            dupes += 1;
+        }
+        *v = (*v).max(r.version);
+    }
+    assert!(late > 0 && dupes > 0, "late {late}, duplicates {dupes}");
+}
