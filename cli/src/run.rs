@@ -1,12 +1,15 @@
 //! `pulseline run`: the whole pipeline on the embedded default, driven by simulated users.
 //!
-//! Starts the gateway and the relay in this process (against the local stack that
-//! `scripts/run` brought up), lets simulated users upload for a while (a watch and a phone
-//! each: heart rate, steps, sleep; offline backlog, retries, unchanged re-uploads,
-//! corrections, deletions), shows progress every second, then checks what Postgres holds
-//! against what every client believes it stored, and prints a summary.
+//! Starts every service in this process (against the local stack that `scripts/run`
+//! brought up): the gateway, the relay, the stream processors, the Postgres sink and the
+//! query API. Simulated users upload for a while (a watch and a phone each: heart rate,
+//! steps, sleep; offline backlog, retries, unchanged re-uploads, corrections, deletions);
+//! progress shows every second. Then it waits until every user's read models are fresh,
+//! checks what Postgres holds against what every client believes it stored, checks the
+//! rollups against the brute-force oracle, and prints a summary with the ingest-to-read-model
+//! latency (gateway acknowledgement to the query API reporting the change applied).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,13 +17,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use chrono::{DateTime, TimeDelta, Utc};
-use clap::Args;
+use clap::{Args, Parser};
 use pulseline_ingest_gateway::app::Application;
 use pulseline_ingest_gateway::auth::{Role, issue_hs256_token};
 use pulseline_ingest_gateway::config::Config as GatewayConfig;
 use pulseline_ingest_gateway::outbox::Stream;
 use pulseline_ingest_gateway::relay::{OutboxRelay, RelayConfig};
+use pulseline_query_api::app::Application as QueryApplication;
+use pulseline_query_api::config::Config as QueryConfig;
 use pulseline_simulator::{NaturalKey, RequestKind, SimulatedUser, TrafficMix};
+use pulseline_sinks::app::SinkApplication;
+use pulseline_sinks::config::SinkConfig;
+use pulseline_stream_processors::cli::Cli as ProcessorCli;
+use pulseline_stream_processors::processors::{registered_names, registry};
+use pulseline_stream_processors::oracle;
+use pulseline_stream_processors::runtime::Runtime;
+use pulseline_schemas::Operation;
+use pulseline_schemas::records::SampleChange;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
@@ -43,6 +56,8 @@ pub struct RunArgs {
     stay_up: bool,
     #[arg(long, env = "PULSELINE_GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
     gateway_addr: SocketAddr,
+    #[arg(long, env = "PULSELINE_QUERY_ADDR", default_value = "127.0.0.1:8081")]
+    query_addr: SocketAddr,
     #[arg(long, env = "PULSELINE_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/pulseline")]
     database_url: String,
     #[arg(long, env = "PULSELINE_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:19092")]
@@ -93,6 +108,46 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     println!("pulseline run: gateway {gateway_url}, relay metrics http://{}/metrics", relay.metrics_addr());
     tokio::spawn(relay.run_until(std::future::pending::<()>()));
 
+    let sink = SinkApplication::build(SinkConfig {
+        database_url: args.database_url.clone(),
+        kafka_bootstrap: args.kafka_bootstrap.clone(),
+        schema_registry_url: args.schema_registry_url.clone(),
+        topic_prefix: args.topic_prefix.clone(),
+        metrics_addr: "127.0.0.1:0".parse()?,
+        ..SinkConfig::default()
+    })
+    .await
+    .context("starting the sink")?;
+    tokio::spawn(sink.run_until(std::future::pending::<()>()));
+
+    let query = QueryApplication::build(QueryConfig {
+        addr: args.query_addr,
+        database_url: args.database_url.clone(),
+        ..QueryConfig::default()
+    })
+    .await
+    .context("starting the query API")?;
+    let query_url = format!("http://{}", query.local_addr());
+    tokio::spawn(query.run_until(std::future::pending()));
+
+    let processors = ProcessorCli::parse_from(["pulseline-processor"]);
+    let mut runtime_config = processors.runtime_config();
+    runtime_config.kafka_bootstrap = args.kafka_bootstrap.clone();
+    runtime_config.schema_registry_url = args.schema_registry_url.clone();
+    runtime_config.topic_prefix = args.topic_prefix.clone();
+    let runtime = Runtime::new(runtime_config, registry(&processors.processors_config()))
+        .context("configuring the stream processors")?
+        .start();
+    println!("  processors: {}; sink to Postgres; query API {query_url}", registered_names().join(", "));
+    // A consumer group join plus the state restore take a few seconds; start the traffic
+    // once the processors own their partitions, so latencies measure the pipeline.
+    let joining = Instant::now();
+    while runtime.status().assigned().is_empty() {
+        ensure!(joining.elapsed() < Duration::from_secs(90), "the stream processors got no partitions within 90 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("  processors own {} partitions after {:.1} s", runtime.status().assigned().len(), joining.elapsed().as_secs_f64());
+
     let pool = PgPool::connect(&args.database_url).await?;
     let now = Utc::now();
     let seed_base = u64::try_from(now.timestamp_millis()).unwrap_or_default();
@@ -103,22 +158,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
         .collect();
     let tally = Arc::new(Tally::default());
+    let pending: Arc<Mutex<Vec<(usize, i64, Instant)>>> = Arc::default();
+    let freshness_latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
     let http = reqwest::Client::new();
     println!(
         "simulating {} users (watch + phone each, {} days of backlog) for {} s ...",
         args.users, args.backlog_days, args.duration
     );
+    let mut tokens = Vec::with_capacity(users.len());
+    for u in &users {
+        tokens.push(issue_hs256_token(&secret, u.lock().await.user_id, Role::User, 24 * 3600));
+    }
     let began = Instant::now();
     let deadline = began + Duration::from_secs(args.duration);
     let mut clients = Vec::new();
-    for user in &users {
-        let (user, tally, latencies, http, url, secret) =
-            (user.clone(), tally.clone(), latencies.clone(), http.clone(), format!("{gateway_url}/v1/samples:batch"), secret.clone());
+    for (index, user) in users.iter().enumerate() {
+        let (user, tally, latencies, http, url, token, pending) = (
+            user.clone(),
+            tally.clone(),
+            latencies.clone(),
+            http.clone(),
+            format!("{gateway_url}/v1/samples:batch"),
+            tokens[index].clone(),
+            pending.clone(),
+        );
         let batch = args.batch;
         clients.push(tokio::spawn(async move {
             let mut u = user.lock().await;
-            let token = issue_hs256_token(&secret, u.user_id, Role::User, 24 * 3600);
             while Instant::now() < deadline {
                 let upload = u.next_upload(batch, Utc::now());
                 if upload.items == 0 {
@@ -143,6 +210,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         tally.duplicates.fetch_add(n("duplicates"), Ordering::Relaxed);
                         tally.deleted.fetch_add(n("deleted"), Ordering::Relaxed);
                         tally.rejected.fetch_add(n("rejected"), Ordering::Relaxed);
+                        if n("accepted") + n("updated") + n("deleted") > 0 {
+                            let seq = a["userSeq"].as_i64().unwrap_or_default();
+                            pending.lock().await.push((index, seq, Instant::now()));
+                        }
                         u.acknowledged(&upload);
                     }
                     None => {
@@ -153,18 +224,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }));
     }
 
+    let watcher = tokio::spawn(watch_freshness(
+        http.clone(),
+        format!("{query_url}/v1/me/rollups"),
+        tokens.clone(),
+        pending.clone(),
+        freshness_latencies.clone(),
+    ));
+
     let mut second = 0;
     while Instant::now() < deadline {
         second += 1;
         tokio::time::sleep_until((began + Duration::from_secs(second)).into()).await;
         let depth: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap_or(-1);
+        let rollups: i64 = sqlx::query_scalar("SELECT count(*) FROM rollup").fetch_one(&pool).await.unwrap_or(-1);
         println!(
-            "  {second:>3}s  requests {:>5}  samples accepted {:>7}  duplicates {:>6}  outbox {:>6}  published {:>7}",
+            "  {second:>3}s  requests {:>5}  samples accepted {:>7}  duplicates {:>6}  outbox {:>6}  published {:>7}  processed {:>7}  rollup rows {:>6}",
             tally.requests.load(Ordering::Relaxed),
             tally.accepted.load(Ordering::Relaxed) + tally.updated.load(Ordering::Relaxed),
             tally.duplicates.load(Ordering::Relaxed),
             depth,
             relay_metrics.rows_published(Stream::Samples),
+            runtime.status().consumed_records(),
+            rollups,
         );
     }
     for c in clients {
@@ -183,7 +265,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Then until every user's read models have applied every accepted change.
+    let fresh_began = Instant::now();
+    while !pending.lock().await.is_empty() {
+        ensure!(
+            fresh_began.elapsed() < Duration::from_secs(180),
+            "read models not fresh 180 s after the load ({} acknowledged changes not yet applied)",
+            pending.lock().await.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    watcher.abort();
+    let fresh_after = fresh_began.elapsed().as_secs_f64();
+
     let mismatches = check_stored_samples(&pool, &users).await?;
+    let oracle = check_rollups(&pool, &users).await?;
     let mut lat = latencies.lock().await.clone();
     lat.sort();
     let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1e3);
@@ -202,20 +298,80 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         drain_began.elapsed().as_secs_f64(),
         relay_metrics.rows_published(Stream::Samples),
     );
+    let mut fl = freshness_latencies.lock().await.clone();
+    fl.sort();
+    let fpct = |p: f64| fl.get(((fl.len() as f64 * p) as usize).min(fl.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    println!(
+        "  ingest to read model (acknowledged to applied, via the query API's freshness): p50 {:.0} ms, p99 {:.0} ms over {} uploads; all fresh {fresh_after:.1} s after the load",
+        fpct(0.5),
+        fpct(0.99),
+        fl.len(),
+    );
+    println!(
+        "  processors: {} records consumed, {} transactions committed, {} aborted",
+        runtime.status().consumed_records(),
+        runtime.status().committed_batches(),
+        runtime.status().aborted_batches(),
+    );
+    println!(
+        "  check: {} rollup buckets compared with the brute-force oracle: {} differ",
+        oracle.compared, oracle.differing
+    );
     if mismatches == 0 {
         println!("  check: Postgres holds exactly what every simulated client believes it stored (last write per key, deletions applied)");
     } else {
         println!("  check FAILED: {mismatches} samples differ between Postgres and the clients' view");
     }
     if args.stay_up {
-        let token = issue_hs256_token(&secret, users[0].lock().await.user_id, Role::User, 24 * 3600);
+        let token = &tokens[0];
+        let today = Utc::now().date_naive();
+        let from = today - TimeDelta::days(args.backlog_days);
         println!("services stay up; try:");
-        println!("  curl -s -H 'Authorization: Bearer {token}' {gateway_url}/openapi.json | head -c 300");
+        println!("  curl -s -H 'Authorization: Bearer {token}' '{query_url}/v1/me/rollups?metric=STEPS&period=day&from={from}&to={today}'");
         println!("Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
     }
+    runtime.shutdown().await.context("stopping the processors")?;
     ensure!(mismatches == 0, "stored samples differ from what the clients sent");
+    ensure!(oracle.differing == 0, "rollups differ from the brute-force oracle");
     Ok(())
+}
+
+/// Polls each user's freshness through the query API and records, for every acknowledged
+/// upload, the time until the read model reports its sequence applied.
+async fn watch_freshness(
+    http: reqwest::Client,
+    url: String,
+    tokens: Vec<String>,
+    pending: Arc<Mutex<Vec<(usize, i64, Instant)>>>,
+    latencies: Arc<Mutex<Vec<Duration>>>,
+) {
+    let today = Utc::now().date_naive();
+    loop {
+        let users: BTreeSet<usize> = pending.lock().await.iter().map(|p| p.0).collect();
+        for user in users {
+            let resp = http
+                .get(format!("{url}?metric=HEART_RATE&period=day&from={today}&to={today}"))
+                .bearer_auth(&tokens[user])
+                .send()
+                .await;
+            let Ok(resp) = resp else { continue };
+            let Ok(body) = resp.json::<serde_json::Value>().await else { continue };
+            let applied = body["freshness"]["appliedSeq"].as_i64().unwrap_or(0);
+            let now = Instant::now();
+            let mut p = pending.lock().await;
+            let mut l = latencies.lock().await;
+            p.retain(|(u, seq, at)| {
+                if *u == user && *seq <= applied {
+                    l.push(now - *at);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn post(http: &reqwest::Client, url: &str, token: &str, body: &serde_json::Value) -> Option<serde_json::Value> {
@@ -253,4 +409,67 @@ async fn check_stored_samples(pool: &PgPool, users: &[Arc<Mutex<SimulatedUser>>]
         mismatches += stored.keys().filter(|k| !expected.contains_key(*k)).count();
     }
     Ok(mismatches)
+}
+
+/// How the rollup table compares with the brute-force oracle.
+struct OracleCheck {
+    compared: usize,
+    differing: usize,
+}
+
+/// Recomputes every rollup bucket by brute force from what the clients believe they stored
+/// and compares it with the `rollup` table the sink wrote. Only the metrics the oracle
+/// covers are compared (heart rate and steps here; sleep stages have no rollup value).
+async fn check_rollups(pool: &PgPool, users: &[Arc<Mutex<SimulatedUser>>]) -> anyhow::Result<OracleCheck> {
+    let mut changes = Vec::new();
+    let mut user_ids = Vec::new();
+    for user in users {
+        let u = user.lock().await;
+        user_ids.push(u.user_id);
+        for (i, (key, c)) in u.expected().iter().enumerate() {
+            changes.push(SampleChange {
+                user_id: u.user_id.to_string(),
+                change_seq: 1,
+                change_index: i32::try_from(i)?,
+                operation: Operation::Upsert,
+                source_id: key.source_id.clone(),
+                device_type: c.device_type.to_owned(),
+                source_record_id: key.source_record_id.clone(),
+                start_at: c.start_at,
+                metric: c.metric.to_owned(),
+                end_at: Some(c.end_at),
+                tz_offset_minutes: c.tz_offset_minutes,
+                value: c.value,
+                unit: None,
+                category: c.category.map(str::to_owned),
+                metadata_json: None,
+                accepted_at: 0,
+            });
+        }
+    }
+    let expected = oracle::rollups(&changes);
+    let rows: Vec<(uuid::Uuid, String, String, String, Option<f64>, Option<f64>, Option<f64>, i64, Vec<String>)> = sqlx::query_as(
+        "SELECT user_id, metric, period,
+                CASE period WHEN 'DAY' THEN to_char(bucket_start, 'YYYY-MM-DD')
+                            ELSE to_char(bucket_start, 'YYYY-MM-DD\"T\"HH24:00:00') END,
+                value, min, max, count, sources
+         FROM rollup WHERE user_id = ANY($1) AND NOT deleted AND metric IN ('HEART_RATE', 'STEPS')",
+    )
+    .bind(&user_ids)
+    .fetch_all(pool)
+    .await?;
+    let actual: BTreeMap<String, oracle::Row> = rows
+        .into_iter()
+        .map(|(user, metric, period, bucket, value, min, max, count, mut sources)| {
+            sources.sort();
+            (format!("{user}|{metric}|{period}|{bucket}"), oracle::Row { value, min, max, count, sources })
+        })
+        .collect();
+    let expected: BTreeMap<String, oracle::Row> =
+        expected.into_iter().filter(|(k, _)| k.contains("|HEART_RATE|") || k.contains("|STEPS|")).collect();
+    let problems = oracle::diff(&actual, &expected);
+    for p in problems.iter().take(5) {
+        println!("    oracle: {p}");
+    }
+    Ok(OracleCheck { compared: expected.len(), differing: problems.len() })
 }

@@ -1,0 +1,382 @@
+//! The Kafka-free core that drives one processor over one input partition: per-user state,
+//! deduplication by change id, allowed lateness, batches and changelog entries. The Kafka
+//! runtime and the in-memory test harness both drive processors through it, so a processor
+//! tested with the harness behaves the same in production.
+//!
+//! It owns the per-user bookkeeping (`UserMeta`: last applied change id per stream and the
+//! event-time watermark); it must never do I/O.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use pulseline_schemas::{AvroCodec, AvroRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::processor::{Applied, Context, Input, Processor, Rejection, Stream};
+use crate::state::{self, ChangelogEntry, State, StateError};
+
+/// Microseconds per day.
+pub const DAY_MICROS: i64 = 86_400_000_000;
+
+/// Settings of the per-user bookkeeping, shared by every processor of a runtime.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineConfig {
+    /// A record whose event time is older than the user's event-time watermark minus this
+    /// is not applied and goes to the dead-letter topic as `TOO_LATE`. The default, 400
+    /// days, is the gateway's acceptance window: no accepted sample is ever refused.
+    pub allowed_lateness_micros: i64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            allowed_lateness_micros: 400 * DAY_MICROS,
+        }
+    }
+}
+
+/// What became of one input record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Applied to the user's state.
+    Applied,
+    /// At or below the user's last applied change id of the stream: skipped.
+    Duplicate,
+    /// Not an input of this processor: skipped.
+    NotAnInput,
+    /// Older than the allowed lateness: dead-lettered as `TOO_LATE`.
+    TooLate,
+    /// Refused by the processor, or a change id out of the versionable range.
+    Rejected(Rejection),
+}
+
+/// Per-user bookkeeping the runtime persists next to the processor's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserMeta {
+    pub applied: Applied,
+    /// Latest event time applied (UTC micros): the user's event-time watermark.
+    pub watermark: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct UserSlot<S> {
+    state: S,
+    meta: UserMeta,
+    touched: bool,
+}
+
+/// Changelog key layout: `[tag][user id][0x00][state sub-key]`. User ids never contain NUL
+/// (the gateway takes them from a UUID claim).
+const TAG_STATE: u8 = b's';
+const TAG_META: u8 = b'm';
+
+fn changelog_key(tag: u8, user: &str, sub: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + user.len() + sub.len());
+    key.push(tag);
+    key.extend_from_slice(user.as_bytes());
+    key.push(0);
+    key.extend_from_slice(sub);
+    key
+}
+
+fn split_changelog_key(key: &[u8]) -> Option<(u8, &str, &[u8])> {
+    let (&tag, rest) = key.split_first()?;
+    let nul = rest.iter().position(|&b| b == 0)?;
+    let user = std::str::from_utf8(&rest[..nul]).ok()?;
+    Some((tag, user, &rest[nul + 1..]))
+}
+
+/// The user a changelog key belongs to (for partitioning).
+pub fn changelog_user(key: &[u8]) -> Option<&str> {
+    split_changelog_key(key).map(|(_, user, _)| user)
+}
+
+/// What one batch produced for one processor and partition.
+#[derive(Debug)]
+pub struct BatchOutput<O> {
+    /// Read-model upserts, in emission order.
+    pub outputs: Vec<O>,
+    /// Changed state entries. Written before `meta`.
+    pub state: Vec<ChangelogEntry>,
+    /// Changed per-user bookkeeping (last applied change ids, watermark), written after
+    /// `state` in the same batch.
+    pub meta: Vec<ChangelogEntry>,
+}
+
+impl<O> BatchOutput<O> {
+    pub fn is_empty(&self) -> bool {
+        self.outputs.is_empty() && self.state.is_empty() && self.meta.is_empty()
+    }
+}
+
+/// One processor's state for one input partition, and the rules for applying records.
+#[derive(Debug)]
+pub struct PartitionTask<P: Processor> {
+    processor: Arc<P>,
+    config: EngineConfig,
+    users: HashMap<String, UserSlot<P::State>>,
+    touched: Vec<String>,
+}
+
+impl<P: Processor> PartitionTask<P> {
+    pub fn new(processor: Arc<P>, config: EngineConfig) -> Self {
+        Self {
+            processor,
+            config,
+            users: HashMap::new(),
+            touched: Vec::new(),
+        }
+    }
+
+    /// Applies one record: dedup by change id, lateness, then the processor. Outputs
+    /// emitted by `apply` are kept until `finish_batch`.
+    pub fn apply(&mut self, input: &Input, outputs: &mut Vec<P::Output>) -> Outcome {
+        let stream = input.stream();
+        if !self.processor.inputs().contains(&stream) {
+            return Outcome::NotAnInput;
+        }
+        let change = input.change_id();
+        let user = input.user_id();
+        let slot = match self.users.get_mut(user) {
+            Some(slot) => slot,
+            None => self.users.entry(user.to_owned()).or_default(),
+        };
+        if slot
+            .meta
+            .applied
+            .get(stream)
+            .is_some_and(|last| change <= last)
+        {
+            return Outcome::Duplicate;
+        }
+        let outcome = if !change.is_versionable() {
+            Outcome::Rejected(Rejection::new(
+                "INVALID_CHANGE_ID",
+                "change id outside the versionable range (index must be < 2^20)",
+            ))
+        } else if slot.meta.watermark.is_some_and(|w| {
+            w.saturating_sub(input.event_time()) > self.config.allowed_lateness_micros
+        }) {
+            Outcome::TooLate
+        } else {
+            let mut applied = slot.meta.applied;
+            applied.set(stream, change);
+            let mut ctx = Context::new(user, Some(change), applied, outputs);
+            match self.processor.apply(&mut ctx, &mut slot.state, input) {
+                Ok(()) => {
+                    slot.meta.watermark = Some(
+                        slot.meta
+                            .watermark
+                            .map_or(input.event_time(), |w| w.max(input.event_time())),
+                    );
+                    Outcome::Applied
+                }
+                Err(rejection) => Outcome::Rejected(rejection),
+            }
+        };
+        // Every consumed change counts as handled (applied or dead-lettered), so a replay of
+        // it is skipped rather than dead-lettered twice.
+        slot.meta.applied.set(stream, change);
+        if !slot.touched {
+            slot.touched = true;
+            self.touched.push(user.to_owned());
+        }
+        outcome
+    }
+
+    /// Ends a batch: `flush` for every touched user, then the changelog entries.
+    pub fn finish_batch(&mut self, mut outputs: Vec<P::Output>) -> BatchOutput<P::Output> {
+        let mut state_entries = Vec::new();
+        let mut meta_entries = Vec::new();
+        let mut sub = Vec::new();
+        for user in std::mem::take(&mut self.touched) {
+            let Some(slot) = self.users.get_mut(&user) else {
+                continue;
+            };
+            slot.touched = false;
+            let mut ctx = Context::new(&user, None, slot.meta.applied, &mut outputs);
+            self.processor.flush(&mut ctx, &mut slot.state);
+            sub.clear();
+            slot.state.drain_changes(&mut sub);
+            for e in sub.drain(..) {
+                state_entries.push(ChangelogEntry {
+                    key: changelog_key(TAG_STATE, &user, &e.key),
+                    value: e.value,
+                });
+            }
+            meta_entries.push(ChangelogEntry {
+                key: changelog_key(TAG_META, &user, &[]),
+                value: Some(state::encode(&slot.meta)),
+            });
+        }
+        BatchOutput {
+            outputs,
+            state: state_entries,
+            meta: meta_entries,
+        }
+    }
+
+    /// Replays one changelog entry (partition assignment).
+    pub fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError> {
+        let (tag, user, sub) = split_changelog_key(key)
+            .ok_or_else(|| StateError::UnknownKey(String::from_utf8_lossy(key).into_owned()))?;
+        match tag {
+            TAG_META => {
+                let slot = self.users.entry(user.to_owned()).or_default();
+                slot.meta = match value {
+                    Some(v) => state::decode("user meta", v)?,
+                    None => UserMeta::default(),
+                };
+            }
+            TAG_STATE => {
+                let slot = self.users.entry(user.to_owned()).or_default();
+                slot.state.restore(sub, value)?;
+            }
+            _ => {
+                return Err(StateError::UnknownKey(
+                    String::from_utf8_lossy(key).into_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The bookkeeping of one user (tests, diagnostics).
+    pub fn meta(&self, user: &str) -> Option<UserMeta> {
+        self.users.get(user).map(|s| s.meta)
+    }
+
+    /// The state of one user (tests, diagnostics).
+    pub fn state(&self, user: &str) -> Option<&P::State> {
+        self.users.get(user).map(|s| &s.state)
+    }
+
+    /// Users with state in this partition.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+}
+
+/// A read-model record the runtime can route and encode without knowing its type.
+pub trait EncodeOutput: Send + Sync + Debug {
+    fn user_id(&self) -> &str;
+    fn key(&self) -> String;
+    /// The un-prefixed topic.
+    fn topic(&self) -> &'static str;
+    fn encode<'a>(
+        &'a self,
+        codec: &'a AvroCodec,
+    ) -> BoxFuture<'a, Result<Vec<u8>, pulseline_schemas::Error>>;
+}
+
+impl<R: AvroRecord + Debug + 'static> EncodeOutput for R {
+    fn user_id(&self) -> &str {
+        AvroRecord::user_id(self)
+    }
+    fn key(&self) -> String {
+        AvroRecord::key(self)
+    }
+    fn topic(&self) -> &'static str {
+        R::TOPIC
+    }
+    fn encode<'a>(
+        &'a self,
+        codec: &'a AvroCodec,
+    ) -> BoxFuture<'a, Result<Vec<u8>, pulseline_schemas::Error>> {
+        Box::pin(codec.encode(self))
+    }
+}
+
+/// A processor as the runtime holds it: type-erased, so one list holds them all.
+pub trait DynProcessor: Send + Sync + Debug {
+    fn name(&self) -> &'static str;
+    fn inputs(&self) -> &'static [Stream];
+    /// The un-prefixed read-model topic.
+    fn output_topic(&self) -> &'static str;
+    fn new_task(&self, config: EngineConfig) -> Box<dyn DynTask>;
+}
+
+/// A `PartitionTask` as the runtime holds it.
+pub trait DynTask: Send + Debug {
+    fn apply(&mut self, input: &Input) -> Outcome;
+    fn finish_batch(&mut self) -> BatchOutput<Box<dyn EncodeOutput>>;
+    fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError>;
+    fn user_count(&self) -> usize;
+}
+
+#[derive(Debug)]
+struct Registered<P>(Arc<P>);
+
+#[derive(Debug)]
+struct ErasedTask<P: Processor> {
+    task: PartitionTask<P>,
+    pending: Vec<P::Output>,
+}
+
+impl<P: Processor> DynProcessor for Registered<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+    fn inputs(&self) -> &'static [Stream] {
+        self.0.inputs()
+    }
+    fn output_topic(&self) -> &'static str {
+        <P::Output as AvroRecord>::TOPIC
+    }
+    fn new_task(&self, config: EngineConfig) -> Box<dyn DynTask> {
+        Box::new(ErasedTask {
+            task: PartitionTask::new(self.0.clone(), config),
+            pending: Vec::new(),
+        })
+    }
+}
+
+impl<P: Processor> DynTask for ErasedTask<P> {
+    fn apply(&mut self, input: &Input) -> Outcome {
+        self.task.apply(input, &mut self.pending)
+    }
+    fn finish_batch(&mut self) -> BatchOutput<Box<dyn EncodeOutput>> {
+        let out = self.task.finish_batch(std::mem::take(&mut self.pending));
+        BatchOutput {
+            outputs: out
+                .outputs
+                .into_iter()
+                .map(|o| Box::new(o) as Box<dyn EncodeOutput>)
+                .collect(),
+            state: out.state,
+            meta: out.meta,
+        }
+    }
+    fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError> {
+        self.task.restore(key, value)
+    }
+    fn user_count(&self) -> usize {
+        self.task.user_count()
+    }
+}
+
+/// Wraps a processor for the registration list (`processors::registry`).
+pub fn register<P: Processor>(processor: P) -> Box<dyn DynProcessor> {
+    Box::new(Registered(Arc::new(processor)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changelog_keys_split_back() {
+        let k = changelog_key(TAG_STATE, "user-1", b"[\"x\",1]");
+        assert_eq!(
+            split_changelog_key(&k),
+            Some((TAG_STATE, "user-1", &b"[\"x\",1]"[..]))
+        );
+        assert_eq!(
+            changelog_user(&changelog_key(TAG_META, "u", &[])),
+            Some("u")
+        );
+        assert_eq!(split_changelog_key(b"snonul"), None);
+    }
+}

@@ -1,0 +1,261 @@
+//! The runtime's Prometheus collectors and log lines, emitted from one place. Nothing here
+//! may log a payload or a value (PHI): topics, partitions, counts and error kinds only.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Collectors in a registry the runtime owns (no global state: several runtimes in one
+/// test process keep their own counts).
+#[derive(Debug, Clone)]
+pub struct RuntimeMetrics {
+    registry: Registry,
+    pub(crate) records_in: IntCounterVec,
+    pub(crate) records_applied: IntCounterVec,
+    pub(crate) records_skipped: IntCounterVec,
+    pub(crate) records_out: IntCounterVec,
+    pub(crate) dead_letters: IntCounterVec,
+    pub(crate) transactions: IntCounterVec,
+    pub(crate) batch_seconds: HistogramVec,
+    pub(crate) restored_entries: IntCounterVec,
+    pub(crate) restore_seconds: HistogramVec,
+    pub(crate) input_lag: IntGaugeVec,
+}
+
+impl RuntimeMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let records_in = counter(
+            "pulseline_processor_records_in_total",
+            "Input records consumed",
+            &["topic"],
+        )?;
+        let records_applied = counter(
+            "pulseline_processor_records_applied_total",
+            "Input records applied to a processor's state",
+            &["processor"],
+        )?;
+        let records_skipped = counter(
+            "pulseline_processor_records_skipped_total",
+            "Input records skipped because their change id was already applied",
+            &["processor"],
+        )?;
+        let records_out = counter(
+            "pulseline_processor_records_out_total",
+            "Read-model upserts produced",
+            &["topic"],
+        )?;
+        let dead_letters = counter(
+            "pulseline_processor_dead_letters_total",
+            "Records sent to the dead-letter topic, by reason",
+            &["reason"],
+        )?;
+        let transactions = counter(
+            "pulseline_processor_transactions_total",
+            "Batches committed or aborted",
+            &["outcome"],
+        )?;
+        let restored_entries = counter(
+            "pulseline_processor_restored_entries_total",
+            "Changelog entries replayed on partition assignment",
+            &["processor"],
+        )?;
+        let batch_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "pulseline_processor_batch_seconds",
+                "Time to process and commit one batch",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["mode"],
+        )?;
+        registry.register(Box::new(batch_seconds.clone()))?;
+        let restore_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "pulseline_processor_restore_seconds",
+                "Time to restore a processor's partitions from its changelog",
+            )
+            .buckets(vec![0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]),
+            &["processor"],
+        )?;
+        registry.register(Box::new(restore_seconds.clone()))?;
+        let input_lag = IntGaugeVec::new(
+            Opts::new(
+                "pulseline_processor_input_lag_records",
+                "Records between this instance's position and the end of an input partition (backfill progress)",
+            ),
+            &["topic", "partition"],
+        )?;
+        registry.register(Box::new(input_lag.clone()))?;
+        Ok(Self {
+            registry,
+            records_in,
+            records_applied,
+            records_skipped,
+            records_out,
+            dead_letters,
+            transactions,
+            batch_seconds,
+            restored_entries,
+            restore_seconds,
+            input_lag,
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The text exposition format, for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Current value of a counter, for tests and the final report.
+    pub fn count(&self, name: &str, label: &str) -> u64 {
+        let vec = match name {
+            "in" => &self.records_in,
+            "applied" => &self.records_applied,
+            "skipped" => &self.records_skipped,
+            "out" => &self.records_out,
+            "dead_letters" => &self.dead_letters,
+            "transactions" => &self.transactions,
+            "restored" => &self.restored_entries,
+            _ => return 0,
+        };
+        vec.get_metric_with_label_values(&[label])
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+}
+
+/// A batch committed (or, without transactions, its offsets committed).
+pub(crate) struct BatchCommitted {
+    pub records: usize,
+    pub outputs: usize,
+    pub elapsed: Duration,
+    pub transactional: bool,
+}
+
+impl BatchCommitted {
+    pub fn emit(&self, m: &RuntimeMetrics) {
+        let mode = if self.transactional {
+            "transactional"
+        } else {
+            "at_least_once"
+        };
+        m.batch_seconds
+            .with_label_values(&[mode])
+            .observe(self.elapsed.as_secs_f64());
+        m.transactions.with_label_values(&["commit"]).inc();
+        tracing::debug!(
+            records = self.records,
+            outputs = self.outputs,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "batch committed"
+        );
+    }
+}
+
+/// A batch failed: aborted, state reloaded, consumer rewound.
+pub(crate) struct BatchAborted<'a> {
+    pub kind: &'a str,
+    pub error: &'a str,
+}
+
+impl BatchAborted<'_> {
+    pub fn emit(&self, m: &RuntimeMetrics) {
+        m.transactions.with_label_values(&["abort"]).inc();
+        tracing::warn!(
+            kind = self.kind,
+            error = self.error,
+            "batch aborted; reloading state and rewinding"
+        );
+    }
+}
+
+/// A record went to the dead-letter topic.
+pub(crate) struct DeadLettered<'a> {
+    pub reason: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl DeadLettered<'_> {
+    pub fn emit(&self, m: &RuntimeMetrics) {
+        m.dead_letters.with_label_values(&[self.reason]).inc();
+        tracing::warn!(
+            reason = self.reason,
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            "record dead-lettered"
+        );
+    }
+}
+
+/// A processor's partitions were restored from its changelog.
+pub(crate) struct Restored<'a> {
+    pub processor: &'a str,
+    pub partitions: &'a [i32],
+    pub entries: u64,
+    pub users: usize,
+    pub elapsed: Duration,
+}
+
+impl Restored<'_> {
+    pub fn emit(&self, m: &RuntimeMetrics) {
+        m.restored_entries
+            .with_label_values(&[self.processor])
+            .inc_by(self.entries);
+        m.restore_seconds
+            .with_label_values(&[self.processor])
+            .observe(self.elapsed.as_secs_f64());
+        tracing::info!(
+            processor = self.processor,
+            partitions = ?self.partitions,
+            entries = self.entries,
+            users = self.users,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "state restored from changelog"
+        );
+    }
+}
+
+/// Lag measured on the assigned input partitions (backfill progress).
+pub(crate) struct Progress<'a> {
+    pub lags: &'a [(String, i32, i64)],
+    pub consumed: u64,
+    pub rate_per_sec: f64,
+}
+
+impl Progress<'_> {
+    pub fn emit(&self, m: &RuntimeMetrics) {
+        let mut total = 0;
+        for (topic, partition, lag) in self.lags {
+            m.input_lag
+                .with_label_values(&[topic.as_str(), &partition.to_string()])
+                .set(*lag);
+            total += lag;
+        }
+        tracing::info!(
+            lag_records = total,
+            consumed = self.consumed,
+            rate_per_sec = self.rate_per_sec as u64,
+            partitions = self.lags.len(),
+            "progress"
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! Talking to the local stack's broker in tests: produce changes as the relay does (key =
+//! user id, murmur2 partitioner), read a read-model topic back and fold it as a
+//! version-guarded sink would, and wait until it equals the oracle.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use pulseline_schemas::records::{RollupUpsert, SampleChange};
+use pulseline_schemas::{AvroCodec, AvroRecord, topics};
+use pulseline_stream_processors::harness::fold_read_model;
+use pulseline_stream_processors::runtime::RuntimeConfig;
+use pulseline_testkit::Stack;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::oracle;
+
+/// Key, value and headers of one record.
+pub type RawRecord = (Vec<u8>, Option<Vec<u8>>, Vec<(String, String)>);
+
+pub struct Env {
+    pub stack: Stack,
+    pub prefix: String,
+    pub codec: AvroCodec,
+    producer: FutureProducer,
+}
+
+impl Env {
+    pub async fn new(test: &str) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let stack = Stack::from_env();
+        let prefix = stack.unique_prefix(test);
+        stack.create_topics(&prefix).await;
+        let codec = AvroCodec::new(&stack.schema_registry_url, &prefix).unwrap();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &stack.kafka_bootstrap)
+            .set("enable.idempotence", "true")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+        Self {
+            stack,
+            prefix,
+            codec,
+            producer,
+        }
+    }
+
+    pub fn config(&self, instance: &str) -> RuntimeConfig {
+        RuntimeConfig {
+            kafka_bootstrap: self.stack.kafka_bootstrap.clone(),
+            schema_registry_url: self.stack.schema_registry_url.clone(),
+            topic_prefix: self.prefix.clone(),
+            instance_id: instance.to_owned(),
+            max_batch_records: 200,
+            progress_interval_ms: 2_000,
+            ..RuntimeConfig::default()
+        }
+    }
+
+    pub fn topic(&self, name: &str) -> String {
+        topics::prefixed(&self.prefix, name)
+    }
+
+    /// Publishes changes in order, keyed by user, as the relay does.
+    pub async fn produce(&self, changes: &[SampleChange]) {
+        let topic = self.codec.topic_of::<SampleChange>();
+        let mut encoded = Vec::with_capacity(changes.len());
+        for c in changes {
+            encoded.push((c.user_id.clone(), self.codec.encode(c).await.unwrap()));
+        }
+        // Enqueue everything, then wait: the idempotent producer keeps per-partition order.
+        let sends: Vec<_> = encoded
+            .iter()
+            .map(|(user, bytes)| {
+                self.producer.send(
+                    FutureRecord::to(&topic).key(user.as_bytes()).payload(bytes),
+                    Duration::from_secs(10),
+                )
+            })
+            .collect();
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| e).unwrap();
+        }
+    }
+
+    /// Publishes raw bytes (poison) keyed by `user`.
+    pub async fn produce_raw(&self, user: &str, bytes: &[u8]) {
+        let topic = self.codec.topic_of::<SampleChange>();
+        self.producer
+            .send(
+                FutureRecord::to(&topic).key(user.as_bytes()).payload(bytes),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    /// Every record of a topic from the beginning to its current end (read_committed).
+    pub fn read_all(&self, topic: &str) -> Vec<RawRecord> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.stack.kafka_bootstrap)
+            .set(
+                "group.id",
+                format!("{}reader-{}", self.prefix, uuid::Uuid::new_v4()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let partitions = md.topics()[0].partitions().len() as i32;
+        let mut tpl = TopicPartitionList::new();
+        let mut remaining = std::collections::BTreeSet::new();
+        for p in 0..partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            if high > low {
+                tpl.add_partition_offset(topic, p, Offset::Beginning)
+                    .unwrap();
+                remaining.insert(p);
+            }
+        }
+        let mut out = Vec::new();
+        if remaining.is_empty() {
+            return out;
+        }
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !remaining.is_empty() && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| {
+                                    (
+                                        x.key.to_owned(),
+                                        String::from_utf8_lossy(x.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push((
+                        m.key().unwrap_or_default().to_vec(),
+                        m.payload().map(<[u8]>::to_vec),
+                        headers,
+                    ));
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    remaining.remove(&p);
+                }
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        out
+    }
+
+    /// Every rollup row on the read-model topic, in topic order per partition.
+    pub async fn rollup_rows(&self) -> Vec<RollupUpsert> {
+        let topic = self.codec.topic_of::<RollupUpsert>();
+        let env = self.clone_for_blocking();
+        let raw = tokio::task::spawn_blocking(move || env.read_all(&topic))
+            .await
+            .unwrap();
+        let mut rows = Vec::with_capacity(raw.len());
+        for (key, payload, _) in raw {
+            let row: RollupUpsert = self.codec.decode(&payload.unwrap()).await.unwrap();
+            assert_eq!(key, row.key().into_bytes(), "read-model key");
+            rows.push(row);
+        }
+        rows
+    }
+
+    /// The rollups read model as a version-guarded sink holds it.
+    pub async fn rollups(&self) -> BTreeMap<String, RollupUpsert> {
+        fold_read_model(&self.rollup_rows().await)
+    }
+
+    pub async fn dead_letters(&self) -> Vec<BTreeMap<String, String>> {
+        let topic = self.topic(topics::DEAD_LETTER);
+        let env = self.clone_for_blocking();
+        let raw = tokio::task::spawn_blocking(move || env.read_all(&topic))
+            .await
+            .unwrap();
+        raw.into_iter()
+            .map(|(_, _, h)| h.into_iter().collect())
+            .collect()
+    }
+
+    fn clone_for_blocking(&self) -> Env {
+        Env {
+            stack: self.stack.clone(),
+            prefix: self.prefix.clone(),
+            codec: self.codec.clone(),
+            producer: self.producer.clone(),
+        }
+    }
+
+    /// Waits until the rollups read model equals the oracle of `changes`; panics with the
+    /// differences after `timeout`.
+    pub async fn assert_converges(&self, changes: &[SampleChange], timeout: Duration) {
+        let expected = oracle::rollups(changes);
+        assert!(!expected.is_empty());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let actual = super::rows(&self.rollups().await);
+            let problems = oracle::diff(&actual, &expected);
+            if problems.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let rows = self.rollup_rows().await;
+                for p in problems.iter().take(3) {
+                    let key = p
+                        .trim_start_matches("missing ")
+                        .trim_start_matches("unexpected ");
+                    let key = key.split(": ").next().unwrap_or_default();
+                    for r in rows.iter().filter(|r| r.key() == key) {
+                        eprintln!(
+                            "  {key} v={} seq={} deleted={} value={:?} sources={:?}",
+                            r.version >> 20,
+                            r.applied_seq,
+                            r.deleted,
+                            r.value,
+                            r.sources
+                        );
+                    }
+                }
+                panic!(
+                    "read model differs from the oracle ({} rows expected, {} differences):\n{}",
+                    expected.len(),
+                    problems.len(),
+                    problems
+                        .iter()
+                        .take(20)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Waits until `cond` holds (polling), or panics with `what`.
+pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
