@@ -1,8 +1,11 @@
-//! Throughput of the runtime with the rollups processor, transactions on and off, on the
-//! local stack. Ignored by default (it measures, it does not check):
-//! `cargo nextest run -p pulseline-stream-processors --test throughput --run-ignored only --no-capture`
-//! Debug build numbers; see stream-processors/README.md for the last measurement.
+//! Throughput of the runtime with the rollups processor, transactions on and off, measured
+//! in the same run on the local stack (`scripts/stack up`), printed as samples/s and as the
+//! ratio that is the cost of exactly-once:
+//! `cargo bench -p pulseline-stream-processors --bench processor_throughput`
+//! Knobs (env): BENCH_USERS (20), BENCH_MINUTES (1000 per user, two sources each).
 
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -49,15 +52,19 @@ fn minute_steps(users: usize, minutes: i64) -> Vec<SampleChange> {
     out
 }
 
-async fn measure(transactions: bool) {
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+async fn measure(transactions: bool) -> f64 {
     let env = Env::new(if transactions { "tput-tx" } else { "tput-alo" }).await;
-    let changes = minute_steps(20, 1000);
+    let changes = minute_steps(knob("BENCH_USERS", 20), knob("BENCH_MINUTES", 1000) as i64);
     env.produce(&changes).await;
     let mut config = env.config("a");
     config.transactions = transactions;
     config.max_batch_records = 5000;
     let handle = Runtime::new(config, registry(&ProcessorsConfig::default()))
-        .unwrap()
+        .expect("runtime config")
         .start();
     wait_for("assignment", Duration::from_secs(60), || {
         !handle.status().assigned().is_empty()
@@ -78,12 +85,17 @@ async fn measure(transactions: bool) {
             .metrics()
             .count("out", &env.topic("readmodel.rollups.v1")),
     );
-    handle.shutdown().await.unwrap();
+    handle.shutdown().await.expect("clean shutdown");
+    n as f64 / secs
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement"]
-async fn throughput_with_and_without_transactions() {
-    measure(true).await;
-    measure(false).await;
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let with = measure(true).await;
+    let without = measure(false).await;
+    println!(
+        "exactly-once costs {:.0}% of at-least-once throughput (ratio {:.3})",
+        (1.0 - with / without) * 100.0,
+        with / without
+    );
 }
