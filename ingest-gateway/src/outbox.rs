@@ -5,7 +5,9 @@
 //! owns the row format and the sharding rule both sides must agree on; it never talks to
 //! Kafka.
 
+use pulseline_schemas::Operation;
 use pulseline_schemas::records::{SampleChange, UserEventChange};
+use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -69,13 +71,6 @@ impl OutboxRecord {
         }
     }
 
-    fn payload(&self) -> Result<String, serde_json::Error> {
-        match self {
-            OutboxRecord::Sample(s) => serde_json::to_string(s),
-            OutboxRecord::Event(e) => serde_json::to_string(e),
-        }
-    }
-
     /// Rebuilds a record from a claimed row.
     pub fn from_row(stream: i16, payload: &str) -> Result<Self, OutboxError> {
         match Stream::from_id(stream) {
@@ -107,37 +102,131 @@ pub async fn enqueue(
     if records.is_empty() {
         return Ok(());
     }
-    let mut streams = Vec::with_capacity(records.len());
-    let mut seqs = Vec::with_capacity(records.len());
-    let mut indexes = Vec::with_capacity(records.len());
-    let mut payloads = Vec::with_capacity(records.len());
+    let mut batch = OutboxBatch::with_capacity(records.len());
     for r in records {
-        let (seq, index) = r.change_id();
-        streams.push(r.stream().id());
-        seqs.push(seq);
-        indexes.push(index);
-        payloads.push(r.payload()?);
+        batch.push_record(r)?;
     }
-    // WITH ORDINALITY + ORDER BY keeps identity values in the records' order.
     sqlx::query(
-        "INSERT INTO outbox (shard, stream, user_id, change_seq, change_index, payload)
-         SELECT $1, s, $2, q, i, p::json
-         FROM UNNEST($3::int2[], $4::int8[], $5::int4[], $6::text[]) WITH ORDINALITY AS t(s, q, i, p, n)
-         ORDER BY n",
+        "WITH queued AS (INSERT INTO outbox (shard, stream, user_id, change_seq, change_index, payload)
+             SELECT $1, s, $2, q, i, p::json
+             FROM UNNEST($3::int2[], $4::int8[], $5::int4[], $6::text[]) WITH ORDINALITY AS t(s, q, i, p, n)
+             ORDER BY n)
+         SELECT pg_notify($7, '')",
     )
     .bind(shard_of(user_id, shards))
     .bind(user_id)
-    .bind(&streams)
-    .bind(&seqs)
-    .bind(&indexes)
-    .bind(&payloads)
+    .bind(&batch.streams)
+    .bind(&batch.seqs)
+    .bind(&batch.indexes)
+    .bind(batch.payloads()?)
+    .bind(NOTIFY_CHANNEL)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(&mut *tx)
-        .await?;
     Ok(())
+}
+
+/// The outbox columns of one user's records, in order, as arrays to bind to a single
+/// INSERT (`enqueue`, or the gateway's combined end-of-request statement). Payloads are
+/// written into one buffer: no allocation per record.
+#[derive(Debug, Default)]
+pub struct OutboxBatch {
+    pub streams: Vec<i16>,
+    pub seqs: Vec<i64>,
+    pub indexes: Vec<i32>,
+    text: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl OutboxBatch {
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            streams: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            indexes: Vec::with_capacity(n),
+            text: Vec::with_capacity(n * 420),
+            ends: Vec::with_capacity(n),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn push_record(&mut self, r: &OutboxRecord) -> Result<(), OutboxError> {
+        let (seq, index) = r.change_id();
+        match r {
+            OutboxRecord::Sample(s) => self.push(Stream::Samples, seq, index, s),
+            OutboxRecord::Event(e) => self.push(Stream::Events, seq, index, e),
+        }
+    }
+
+    /// A sample change written straight from borrowed fields (same JSON as `SampleChange`).
+    pub fn push_sample(&mut self, s: &SampleChangeRef<'_>) -> Result<(), OutboxError> {
+        self.push(Stream::Samples, s.change_seq, s.change_index, s)
+    }
+
+    fn push<T: Serialize>(
+        &mut self,
+        stream: Stream,
+        seq: i64,
+        index: i32,
+        payload: &T,
+    ) -> Result<(), OutboxError> {
+        let start = self.text.len();
+        if let Err(e) = serde_json::to_writer(&mut self.text, payload) {
+            self.text.truncate(start);
+            return Err(e.into());
+        }
+        self.streams.push(stream.id());
+        self.seqs.push(seq);
+        self.indexes.push(index);
+        self.ends.push(self.text.len());
+        Ok(())
+    }
+
+    /// The payloads, in order (slices of one buffer).
+    pub fn payloads(&self) -> Result<Vec<&str>, OutboxError> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                // serde_json writes UTF-8; checked rather than assumed.
+                let p = std::str::from_utf8(&self.text[start..end]).map_err(|_| {
+                    OutboxError::Payload(serde::ser::Error::custom("payload is not UTF-8"))
+                });
+                start = end;
+                p
+            })
+            .collect()
+    }
+}
+
+/// `SampleChange` with borrowed strings: the gateway writes outbox payloads from its
+/// validated items without copying every field into owned strings first. Same fields, in
+/// the same order, with the same names: the JSON is identical (tested).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SampleChangeRef<'a> {
+    pub user_id: &'a str,
+    pub change_seq: i64,
+    pub change_index: i32,
+    pub operation: Operation,
+    pub source_id: &'a str,
+    pub device_type: &'a str,
+    pub source_record_id: &'a str,
+    pub start_at: i64,
+    pub metric: &'a str,
+    pub end_at: Option<i64>,
+    pub tz_offset_minutes: i32,
+    pub value: Option<f64>,
+    pub unit: Option<&'a str>,
+    pub category: Option<&'a str>,
+    pub metadata_json: Option<&'a str>,
+    pub accepted_at: i64,
 }
 
 /// A row claimed by the relay, as stored; `payload` is decoded by [`OutboxRecord::from_row`]
@@ -217,5 +306,106 @@ mod tests {
             assert_eq!(s, shard_of(u, 16));
         }
         assert_eq!(shard_of(Uuid::new_v4(), 1), 0);
+    }
+
+    fn owned(r: &SampleChangeRef<'_>) -> SampleChange {
+        SampleChange {
+            user_id: r.user_id.to_owned(),
+            change_seq: r.change_seq,
+            change_index: r.change_index,
+            operation: r.operation,
+            source_id: r.source_id.to_owned(),
+            device_type: r.device_type.to_owned(),
+            source_record_id: r.source_record_id.to_owned(),
+            start_at: r.start_at,
+            metric: r.metric.to_owned(),
+            end_at: r.end_at,
+            tz_offset_minutes: r.tz_offset_minutes,
+            value: r.value,
+            unit: r.unit.map(str::to_owned),
+            category: r.category.map(str::to_owned),
+            metadata_json: r.metadata_json.map(str::to_owned),
+            accepted_at: r.accepted_at,
+        }
+    }
+
+    #[test]
+    fn borrowed_sample_payloads_equal_the_record_json_and_decode() {
+        let user = Uuid::new_v4().to_string();
+        let refs = [
+            SampleChangeRef {
+                user_id: &user,
+                change_seq: 7,
+                change_index: 0,
+                operation: Operation::Upsert,
+                source_id: "watch \"1\"",
+                device_type: "apple_watch",
+                source_record_id: "r\u{e9}\n1",
+                start_at: -5,
+                metric: "HEART_RATE",
+                end_at: Some(60_000_000),
+                tz_offset_minutes: -300,
+                value: Some(72.5),
+                unit: Some("count/min"),
+                category: None,
+                metadata_json: Some(r#"{"a":[1,"x"]}"#),
+                accepted_at: 1_700_000_000_000_000,
+            },
+            SampleChangeRef {
+                user_id: &user,
+                change_seq: 7,
+                change_index: 1,
+                operation: Operation::Delete,
+                source_id: "watch",
+                device_type: "apple_watch",
+                source_record_id: "r2",
+                start_at: 1,
+                metric: "SLEEP_STAGE",
+                end_at: None,
+                tz_offset_minutes: 0,
+                value: None,
+                unit: None,
+                category: Some("deep"),
+                metadata_json: None,
+                accepted_at: 2,
+            },
+        ];
+        let mut batch = OutboxBatch::default();
+        let event = OutboxRecord::Event(UserEventChange {
+            user_id: user.clone(),
+            change_seq: 3,
+            change_index: 4,
+            operation: Operation::Upsert,
+            event_id: "e".to_owned(),
+            event_type: "meal".to_owned(),
+            product_id: None,
+            start_at: 0,
+            end_at: None,
+            tz_offset_minutes: 0,
+            attributes_json: None,
+            accepted_at: 0,
+        });
+        for r in &refs {
+            batch.push_sample(r).expect("serialises");
+        }
+        batch.push_record(&event).expect("serialises");
+        let payloads = batch.payloads().expect("UTF-8");
+        assert_eq!(payloads.len(), 3);
+        assert_eq!(batch.len(), 3);
+        for (r, p) in refs.iter().zip(&payloads) {
+            let record = owned(r);
+            assert_eq!(*p, serde_json::to_string(&record).expect("json"));
+            assert_eq!(
+                OutboxRecord::from_row(Stream::Samples.id(), p).expect("decodes"),
+                OutboxRecord::Sample(record)
+            );
+        }
+        assert_eq!(
+            OutboxRecord::from_row(Stream::Events.id(), payloads[2]).expect("decodes"),
+            event
+        );
+        assert_eq!(batch.streams, [1, 1, 2]);
+        assert_eq!(batch.seqs, [7, 7, 3]);
+        assert_eq!(batch.indexes, [0, 1, 4]);
     }
 }

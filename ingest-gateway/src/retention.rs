@@ -22,6 +22,9 @@ use crate::telemetry::{RetentionRan, Telemetry};
 /// Rows removed per statement.
 const BATCH: i64 = 5_000;
 
+/// How long after start-up the first periodic pass runs (if the interval is longer).
+const FIRST_PASS_DELAY: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, Copy)]
 pub struct RetentionPolicy {
     pub idempotency: TimeDelta,
@@ -95,7 +98,12 @@ pub async fn run_periodically(
     interval: Duration,
     telemetry: Telemetry,
 ) {
-    let mut ticker = tokio::time::interval(interval);
+    // The first pass comes a little after start-up (at most a minute), not during it: a
+    // starting gateway's first requests do not share the database with a retention pass,
+    // and nothing set up right after start (a test ageing rows before its own
+    // `run_once`) races the background one.
+    let first = tokio::time::Instant::now() + interval.min(FIRST_PASS_DELAY);
+    let mut ticker = tokio::time::interval_at(first, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;

@@ -7,10 +7,14 @@
 //! writer's schema, fetched by id, then resolve to their own compiled-in schema, so a
 //! reader with a newer schema reads older records (defaults fill new fields).
 
+use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use apache_avro::from_value;
-use schema_registry_converter::async_impl::easy_avro::{EasyAvroDecoder, EasyAvroEncoder};
+use apache_avro::writer::datum::GenericDatumWriter;
+use schema_registry_converter::async_impl::avro::AvroEncoder;
+use schema_registry_converter::async_impl::easy_avro::EasyAvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
@@ -24,7 +28,7 @@ use crate::topics;
 /// Cheap to clone; schema ids are cached after the first lookup.
 #[derive(Clone, Debug)]
 pub struct AvroCodec {
-    encoder: EasyAvroEncoder,
+    encoder: Arc<AvroEncoder>,
     decoder: EasyAvroDecoder,
     topic_prefix: String,
 }
@@ -36,7 +40,7 @@ impl AvroCodec {
             .set_timeout(Duration::from_secs(10))
             .build()?;
         Ok(Self {
-            encoder: EasyAvroEncoder::new(settings.clone()),
+            encoder: Arc::new(AvroEncoder::new(settings.clone())),
             decoder: EasyAvroDecoder::new(settings),
             topic_prefix: topic_prefix.to_owned(),
         })
@@ -47,14 +51,33 @@ impl AvroCodec {
         topics::prefixed(&self.topic_prefix, R::TOPIC)
     }
 
-    /// Encodes `record` for its topic, registering the schema on first use.
-    pub async fn encode<R: AvroRecord>(&self, record: &R) -> Result<Vec<u8>, Error> {
-        let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
+    /// The registry subject strategy of `R`'s values: TopicNameStrategy with the
+    /// compiled-in schema (registered on first use).
+    fn strategy<R: AvroRecord>(&self) -> SubjectNameStrategy {
+        SubjectNameStrategy::TopicNameStrategyWithSchema(
             self.topic_of::<R>(),
             false,
             SuppliedSchema::new(None, SchemaType::Avro, R::SCHEMA_TEXT.to_owned()),
-        );
-        Ok(self.encoder.encode_struct(record, &strategy).await?)
+        )
+    }
+
+    /// Encodes `record` for its topic, registering the schema on first use.
+    pub async fn encode<R: AvroRecord>(&self, record: &R) -> Result<Vec<u8>, Error> {
+        Ok(self
+            .encoder
+            .encode_struct(record, &self.strategy::<R>())
+            .await?)
+    }
+
+    /// A synchronous encoder for `R`, for writers of many records: the schema id is looked
+    /// up (registering the schema on first use) once, here, with the same registry errors
+    /// as [`Self::encode`]; [`RecordEncoder::encode`] then does no lookup, lock or schema
+    /// copy per record. Its bytes equal `encode`'s.
+    pub async fn encoder_for<R: AvroRecord>(&self) -> Result<RecordEncoder<R>, Error> {
+        let strategy = self.strategy::<R>();
+        let subject = strategy.get_subject()?;
+        let registered = self.encoder.get_schema_and_id(&subject, strategy).await?;
+        RecordEncoder::new(registered.id)
     }
 
     /// Decodes a record written by any registered (compatible) version of `R`'s schema.
@@ -62,5 +85,153 @@ impl AvroCodec {
         let decoded = self.decoder.decode(Some(bytes)).await?;
         let value = decoded.value.resolve(R::schema())?;
         Ok(from_value::<R>(&value)?)
+    }
+}
+
+/// Encodes records of one type with a schema id resolved in advance
+/// ([`AvroCodec::encoder_for`]): the Confluent wire format, i.e. magic byte 0, the schema id
+/// as 4 big-endian bytes, then the Avro datum written with `R`'s compiled-in schema (the
+/// schema registered under that id).
+pub struct RecordEncoder<R> {
+    schema_id: u32,
+    writer: GenericDatumWriter<'static>,
+    _record: PhantomData<fn(&R)>,
+}
+
+impl<R> std::fmt::Debug for RecordEncoder<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordEncoder")
+            .field("schema_id", &self.schema_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: AvroRecord> RecordEncoder<R> {
+    fn new(schema_id: u32) -> Result<Self, Error> {
+        Ok(Self {
+            schema_id,
+            writer: GenericDatumWriter::builder(R::schema()).build()?,
+            _record: PhantomData,
+        })
+    }
+
+    /// The registry id the records are tagged with.
+    pub fn schema_id(&self) -> u32 {
+        self.schema_id
+    }
+
+    /// `record` in the wire format (the same bytes as [`AvroCodec::encode`]).
+    pub fn encode(&self, record: &R) -> Result<Vec<u8>, Error> {
+        let mut bytes = Vec::with_capacity(256);
+        self.encode_into(record, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Appends `record` in the wire format to `out` (left as it was on error).
+    pub fn encode_into(&self, record: &R, out: &mut Vec<u8>) -> Result<(), Error> {
+        let start = out.len();
+        out.push(0);
+        out.extend_from_slice(&self.schema_id.to_be_bytes());
+        if let Err(e) = self.writer.write_ser(out, record) {
+            out.truncate(start);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Operation;
+    use crate::records::{SampleChange, UserEventChange};
+    use pulseline_testkit::Stack;
+
+    fn sample(i: i64) -> SampleChange {
+        SampleChange {
+            user_id: "7c0e5a4e-1d2b-4c3a-9f00-000000000001".to_owned(),
+            change_seq: i,
+            change_index: 3,
+            operation: if i % 2 == 0 {
+                Operation::Upsert
+            } else {
+                Operation::Delete
+            },
+            source_id: "apple_watch-1".to_owned(),
+            device_type: "apple_watch".to_owned(),
+            source_record_id: format!("r{i}"),
+            start_at: 1_714_000_000_000_000 + i,
+            metric: "HEART_RATE".to_owned(),
+            end_at: (i % 3 != 0).then_some(1_714_000_060_000_000),
+            tz_offset_minutes: -300,
+            value: (i % 2 == 0).then_some(72.5),
+            unit: (i % 2 == 0).then(|| "count/min".to_owned()),
+            category: (i % 5 == 0).then(|| "deep".to_owned()),
+            metadata_json: (i % 4 == 0).then(|| r#"{"a":1}"#.to_owned()),
+            accepted_at: 1_714_000_100_000_000,
+        }
+    }
+
+    fn event(i: i64) -> UserEventChange {
+        UserEventChange {
+            user_id: "7c0e5a4e-1d2b-4c3a-9f00-000000000002".to_owned(),
+            change_seq: i,
+            change_index: 0,
+            operation: Operation::Upsert,
+            event_id: format!("e{i}"),
+            event_type: "caffeine".to_owned(),
+            product_id: (i % 2 == 0).then(|| "espresso".to_owned()),
+            start_at: 1_714_000_000_000_000,
+            end_at: None,
+            tz_offset_minutes: 60,
+            attributes_json: Some(r#"{"mg":80}"#.to_owned()),
+            accepted_at: 1_714_000_100_000_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn record_encoder_bytes_equal_encode_and_decode() {
+        let stack = Stack::from_env();
+        let codec = AvroCodec::new(
+            &stack.schema_registry_url,
+            &stack.unique_prefix("wire-fast"),
+        )
+        .expect("codec");
+        let samples = codec
+            .encoder_for::<SampleChange>()
+            .await
+            .expect("sample schema registers");
+        let events = codec
+            .encoder_for::<UserEventChange>()
+            .await
+            .expect("event schema registers");
+        for i in 0..12 {
+            let s = sample(i);
+            let fast = samples.encode(&s).expect("fast encode");
+            assert_eq!(fast, codec.encode(&s).await.expect("encode"), "sample {i}");
+            assert_eq!(
+                codec.decode::<SampleChange>(&fast).await.expect("decode"),
+                s
+            );
+            let e = event(i);
+            let mut buf = vec![9];
+            events.encode_into(&e, &mut buf).expect("fast encode");
+            assert_eq!(
+                buf[1..],
+                codec.encode(&e).await.expect("encode")[..],
+                "event {i}"
+            );
+        }
+        assert_ne!(samples.schema_id(), events.schema_id());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_registry_is_a_retryable_error() {
+        let codec = AvroCodec::new("http://127.0.0.1:1", "x").expect("codec");
+        let err = codec
+            .encoder_for::<SampleChange>()
+            .await
+            .expect_err("nothing listens there");
+        assert!(err.is_retryable(), "{err}");
     }
 }

@@ -60,10 +60,13 @@ pub async fn post_samples(
     state.limiter.check(user.user_id)?;
     let started = Instant::now();
     let limits = &state.limits;
-    let value = body::read_json_object(&headers, body, limits.max_body_bytes).await?;
-    body::check_item_count(&value, &["samples", "deletions"], limits.max_batch_items)?;
-    let payload_hash = payload_hash(&value)?;
-    let batch: SamplesBatch = body::parse(value)?;
+    let bytes = body::read_json_bytes(&headers, body, limits.max_body_bytes).await?;
+    let mut doc = body::parse_document(&bytes)?;
+    body::check_document_item_count(&doc, &["samples", "deletions"], limits.max_batch_items)?;
+    let (payload_hash, repeated_names) = payload_hash(&mut doc)?;
+    drop(doc);
+    let batch: SamplesBatch = body::parse_bytes(&bytes, repeated_names)?;
+    drop(bytes);
     check_client_hash(batch.payload_hash.as_deref(), payload_hash)?;
 
     let now = Utc::now();
@@ -134,10 +137,13 @@ pub async fn post_events(
     state.limiter.check(user.user_id)?;
     let started = Instant::now();
     let limits = &state.limits;
-    let value = body::read_json_object(&headers, body, limits.max_body_bytes).await?;
-    body::check_item_count(&value, &["events", "deletions"], limits.max_batch_items)?;
-    let payload_hash = payload_hash(&value)?;
-    let batch: EventsBatch = body::parse(value)?;
+    let bytes = body::read_json_bytes(&headers, body, limits.max_body_bytes).await?;
+    let mut doc = body::parse_document(&bytes)?;
+    body::check_document_item_count(&doc, &["events", "deletions"], limits.max_batch_items)?;
+    let (payload_hash, repeated_names) = payload_hash(&mut doc)?;
+    drop(doc);
+    let batch: EventsBatch = body::parse_bytes(&bytes, repeated_names)?;
+    drop(bytes);
     check_client_hash(batch.payload_hash.as_deref(), payload_hash)?;
 
     let now = Utc::now();
@@ -168,8 +174,9 @@ pub async fn post_events(
     Ok(respond(&state, "events", user, outcome, started))
 }
 
-fn payload_hash(value: &Value) -> Result<Sha256Hash, GatewayError> {
-    hashing::payload_hash(value)
+/// The payload hash, and whether some object repeated a member name.
+fn payload_hash(doc: &mut hashing::Json<'_>) -> Result<(Sha256Hash, bool), GatewayError> {
+    hashing::document_hash(doc)
         .map_err(|e| GatewayError::invalid_body(format!("cannot canonicalise the body: {e}")))
 }
 
@@ -222,7 +229,19 @@ fn respond(
             replayed: true,
         }),
     }
-    let mut response = (status, axum::Json(outcome.body())).into_response();
+    let body = match outcome.into_body_json() {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    let mut response = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
     if replayed {
         response
             .headers_mut()

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::GatewayError;
+use crate::hashing::Json;
 
 /// Checks the media type, then reads at most `limit` bytes (decompressed) and parses JSON.
 /// The top level must be an object.
@@ -17,6 +18,21 @@ pub async fn read_json_object(
     body: Body,
     limit: usize,
 ) -> Result<Value, GatewayError> {
+    let bytes = read_json_bytes(headers, body, limit).await?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(malformed)?;
+    if !value.is_object() {
+        return Err(not_an_object());
+    }
+    Ok(value)
+}
+
+/// The checks of [`read_json_object`] up to the JSON syntax: media type, encoding, size
+/// limit, not empty. The bytes are then parsed with [`parse_document`].
+pub async fn read_json_bytes(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, GatewayError> {
     check_content_type(headers)?;
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
         // The decompression layer removes the gzip header it handles; anything left is
@@ -41,14 +57,64 @@ pub async fn read_json_object(
     if bytes.is_empty() {
         return Err(GatewayError::invalid_body("the body is empty"));
     }
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        // Syntax errors name a position, never content.
-        GatewayError::invalid_body(format!("malformed JSON: {e}"))
-    })?;
-    if !value.is_object() {
-        return Err(GatewayError::invalid_body("the body must be a JSON object"));
+    Ok(bytes)
+}
+
+/// Syntax errors name a position, never content.
+fn malformed(e: serde_json::Error) -> GatewayError {
+    GatewayError::invalid_body(format!("malformed JSON: {e}"))
+}
+
+fn not_an_object() -> GatewayError {
+    GatewayError::invalid_body("the body must be a JSON object")
+}
+
+/// Parses the body for hashing and counting (strings borrowed from `bytes`), with the
+/// errors of [`read_json_object`]: same syntax check, the top level must be an object.
+pub fn parse_document(bytes: &[u8]) -> Result<Json<'_>, GatewayError> {
+    let doc: Json<'_> = serde_json::from_slice(bytes).map_err(malformed)?;
+    if !matches!(doc, Json::Object(_)) {
+        return Err(not_an_object());
     }
-    Ok(value)
+    Ok(doc)
+}
+
+/// Refuses more than `limit` items across the named top-level arrays, before the typed
+/// parse does any work on them.
+pub fn check_document_item_count(
+    doc: &Json<'_>,
+    arrays: &[&str],
+    limit: usize,
+) -> Result<(), GatewayError> {
+    let items: usize = arrays
+        .iter()
+        .filter_map(|a| match doc.get(a)? {
+            Json::Array(items) => Some(items.len()),
+            _ => None,
+        })
+        .sum();
+    if items > limit {
+        Err(GatewayError::TooManyItems { items, limit })
+    } else {
+        Ok(())
+    }
+}
+
+/// The typed body straight from the bytes (no intermediate `Value`). Any error, and any
+/// body with a repeated member name (`exact` is set: a `Value` keeps the last one where a
+/// typed parse refuses the repetition), goes through [`parse`] of a `Value` instead, so the
+/// answers, errors and named fields included, are exactly those of the `Value` path.
+pub fn parse_bytes<T: DeserializeOwned>(bytes: &[u8], exact: bool) -> Result<T, GatewayError> {
+    if !exact {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        if let Ok(typed) = serde_path_to_error::deserialize(&mut de)
+            && de.end().is_ok()
+        {
+            return Ok(typed);
+        }
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(malformed)?;
+    parse(value)
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
@@ -90,20 +156,6 @@ async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, GatewayError>
         buf.extend_from_slice(&chunk);
     }
     Ok(buf)
-}
-
-/// Refuses more than `limit` items across the named top-level arrays, before the typed
-/// parse does any work on them.
-pub fn check_item_count(value: &Value, arrays: &[&str], limit: usize) -> Result<(), GatewayError> {
-    let items: usize = arrays
-        .iter()
-        .filter_map(|a| value.get(*a)?.as_array().map(Vec::len))
-        .sum();
-    if items > limit {
-        Err(GatewayError::TooManyItems { items, limit })
-    } else {
-        Ok(())
-    }
 }
 
 /// The typed body, or 400 INVALID_BODY naming the field (`samples[3].startAt`).

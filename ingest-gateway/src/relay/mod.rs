@@ -12,6 +12,12 @@
 //! republishes the batch), and in effect exactly once because every record carries its
 //! change id (userId, changeSeq, changeIndex) and downstream skips changes it has applied.
 //!
+//! Up to [`CONCURRENT_SHARDS`] shards of a pass are published at once, each in its own
+//! transaction under its own lock, so one shard's Postgres round trips and broker
+//! acknowledgements overlap another's; a shard is never worked on by two batches at once,
+//! and its next batch starts only after the previous one committed. A crash therefore
+//! republishes at most the batch in flight of each shard.
+//!
 //! Published rows are deleted, so there is no "highest id published" watermark: a row with
 //! a lower id whose transaction commits after higher ids were published is simply found by
 //! a later pass. Nothing is skipped.
@@ -35,14 +41,17 @@ mod error;
 mod metrics;
 mod republish;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::join_all;
 use pulseline_schemas::records::{SampleChange, UserEventChange};
+use pulseline_schemas::wire::RecordEncoder;
 use pulseline_schemas::{AvroCodec, AvroRecord, Operation, topics};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -51,7 +60,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OnceCell, watch};
+use tokio::task::JoinSet;
 
 pub use cli::{Cli, Command, RepublishArgs, init_json_logs, run_cli};
 pub use config::RelayConfig;
@@ -69,6 +79,11 @@ use metrics::{
 /// from any other advisory lock class used on the same database.
 pub const RELAY_LOCK_CLASS: i32 = 0x706c_7265;
 
+/// Shards a relay publishes at the same time (each in its own transaction and connection):
+/// a batch mostly waits (Postgres round trips, broker acknowledgements), so several in
+/// flight keep the relay busy.
+pub const CONCURRENT_SHARDS: usize = 8;
+
 /// What one [`OutboxRelay::drain`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DrainSummary {
@@ -81,14 +96,26 @@ pub struct DrainSummary {
 
 /// Publishes the outbox; see the module documentation for the protocol.
 pub struct OutboxRelay {
-    config: RelayConfig,
-    pool: PgPool,
-    codec: AvroCodec,
-    producer: FutureProducer,
-    metrics: Arc<RelayMetrics>,
+    inner: Arc<Inner>,
     metrics_listener: Option<TcpListener>,
     metrics_addr: SocketAddr,
     next_shard: u16,
+}
+
+/// What the shard batches running at the same time share (each batch is its own task).
+struct Inner {
+    config: RelayConfig,
+    pool: PgPool,
+    codec: AvroCodec,
+    /// Schema ids resolved once per record type (a failed lookup is tried again later).
+    sample_encoder: OnceCell<RecordEncoder<SampleChange>>,
+    event_encoder: OnceCell<RecordEncoder<UserEventChange>>,
+    /// Replaced after a fatal error, between rounds (no batch in flight).
+    producer: Mutex<FutureProducer>,
+    /// Set when a batch gave up waiting for its acknowledgements: its records may still be
+    /// queued in the producer, so the next batch waits for them first.
+    timed_out: AtomicBool,
+    metrics: Arc<RelayMetrics>,
     sample_topic: String,
     event_topic: String,
 }
@@ -96,7 +123,7 @@ pub struct OutboxRelay {
 impl std::fmt::Debug for OutboxRelay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OutboxRelay")
-            .field("config", &self.config.redacted())
+            .field("config", &self.inner.config.redacted())
             .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
     }
@@ -129,7 +156,11 @@ impl OutboxRelay {
     pub async fn build(config: RelayConfig) -> Result<Self, RelayError> {
         config.validate()?;
         let pool = PgPoolOptions::new()
-            .max_connections(3)
+            // One per shard in flight, one for the depth gauge.
+            .max_connections(CONCURRENT_SHARDS as u32 + 1)
+            // Every failure rolls the batch back and is retried, so a connection that
+            // died while idle costs one retried batch; not a ping per batch.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect(&config.database_url)
             .await?;
@@ -141,13 +172,18 @@ impl OutboxRelay {
         let metrics_listener = TcpListener::bind(config.metrics_addr).await?;
         let metrics_addr = metrics_listener.local_addr()?;
         Ok(Self {
-            sample_topic: codec.topic_of::<SampleChange>(),
-            event_topic: codec.topic_of::<UserEventChange>(),
-            config,
-            pool,
-            codec,
-            producer,
-            metrics,
+            inner: Arc::new(Inner {
+                sample_topic: codec.topic_of::<SampleChange>(),
+                event_topic: codec.topic_of::<UserEventChange>(),
+                config,
+                pool,
+                codec,
+                sample_encoder: OnceCell::new(),
+                event_encoder: OnceCell::new(),
+                producer: Mutex::new(producer),
+                timed_out: AtomicBool::new(false),
+                metrics,
+            }),
             metrics_listener: Some(metrics_listener),
             metrics_addr,
             next_shard: 0,
@@ -160,7 +196,7 @@ impl OutboxRelay {
     }
 
     pub fn metrics(&self) -> Arc<RelayMetrics> {
-        Arc::clone(&self.metrics)
+        Arc::clone(&self.inner.metrics)
     }
 
     /// Runs until SIGTERM or ctrl-c, finishing the batch in progress.
@@ -181,12 +217,12 @@ impl OutboxRelay {
         });
         let wake = Arc::new(Notify::new());
         let listener_task = tokio::spawn(listen_for_wakeups(
-            self.config.database_url.clone(),
+            self.inner.config.database_url.clone(),
             Arc::clone(&wake),
-            Arc::clone(&self.metrics),
+            Arc::clone(&self.inner.metrics),
         ));
         let server_task = self.metrics_listener.take().map(|listener| {
-            let app = metrics::router(Arc::clone(&self.metrics));
+            let app = metrics::router(Arc::clone(&self.inner.metrics));
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
                 let _ = axum::serve(listener, app)
@@ -197,10 +233,10 @@ impl OutboxRelay {
             })
         });
         RelayStarted {
-            config: &self.config,
+            config: &self.inner.config,
             metrics_addr: self.metrics_addr,
         }
-        .emit(&self.metrics);
+        .emit(&self.inner.metrics);
 
         let mut backoff = Backoff::default();
         let mut stop = stop_rx.clone();
@@ -219,7 +255,7 @@ impl OutboxRelay {
             match pause {
                 None => tokio::select! {
                     _ = wake.notified() => {}
-                    _ = tokio::time::sleep(self.config.poll_interval()) => {}
+                    _ = tokio::time::sleep(self.inner.config.poll_interval()) => {}
                     _ = stop.changed() => {}
                 },
                 Some(delay) => tokio::select! {
@@ -233,7 +269,7 @@ impl OutboxRelay {
         if let Some(server) = server_task {
             server.abort();
         }
-        RelayStopped.emit(&self.metrics);
+        RelayStopped.emit(&self.inner.metrics);
         result
     }
 
@@ -249,21 +285,58 @@ impl OutboxRelay {
         &mut self,
         stop: &watch::Receiver<bool>,
     ) -> Result<DrainSummary, RelayError> {
-        let shards = self.config.shards;
+        let shards = self.inner.config.shards;
         let mut summary = DrainSummary::default();
-        let mut first_error = None;
-        'rounds: loop {
+        let mut first_error: Option<RelayError> = None;
+        // Passes until one finds every lockable shard empty. Within a pass a shard that
+        // published is queued again at the back (round robin, no waiting for the slowest
+        // shard of a round); one that is empty, busy or failed is done for the pass.
+        loop {
+            if *stop.borrow() {
+                break;
+            }
             let start = self.next_shard;
             self.next_shard = (self.next_shard + 1) % shards;
+            // < shards <= 4096 (validate), so it fits i16.
+            let mut queue: VecDeque<i16> = (0..shards)
+                .map(|k| {
+                    i16::try_from((u32::from(start) + u32::from(k)) % u32::from(shards))
+                        .unwrap_or(0)
+                })
+                .collect();
+            // Several shards at a time, each batch its own task (the relay's work spreads
+            // over the runtime's threads); a fatal error starts no new batch.
+            let fatal = Arc::new(AtomicBool::new(false));
+            let mut running = JoinSet::new();
             let mut moved = 0;
-            for k in 0..shards {
-                if *stop.borrow() {
-                    break 'rounds;
+            loop {
+                while running.len() < CONCURRENT_SHARDS
+                    && !*stop.borrow()
+                    && !fatal.load(Ordering::Relaxed)
+                    && let Some(shard) = queue.pop_front()
+                {
+                    let (inner, fatal) = (Arc::clone(&self.inner), Arc::clone(&fatal));
+                    running.spawn(async move {
+                        let outcome = inner.publish_batch(shard).await;
+                        if let Err(e) = &outcome {
+                            BatchFailed { error: e }.emit(&inner.metrics);
+                            if !e.is_retryable() {
+                                fatal.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        (shard, outcome)
+                    });
                 }
-                // < shards <= 4096 (validate), so it fits i16.
-                let shard = i16::try_from((u32::from(start) + u32::from(k)) % u32::from(shards))
-                    .unwrap_or(0);
-                match self.publish_batch(shard).await {
+                let Some(joined) = running.join_next().await else {
+                    break;
+                };
+                let (shard, outcome) = joined.unwrap_or_else(|e| {
+                    (
+                        -1,
+                        Err(RelayError::Config(format!("relay batch task failed: {e}"))),
+                    )
+                });
+                match outcome {
                     Ok(BatchOutcome::Busy) => summary.shards_busy += 1,
                     Ok(BatchOutcome::Empty) => {}
                     Ok(BatchOutcome::Done { published, dead }) => {
@@ -271,34 +344,37 @@ impl OutboxRelay {
                         summary.dead_lettered += dead;
                         summary.batches += 1;
                         moved += published + dead;
+                        queue.push_back(shard);
                     }
-                    Err(e) => {
-                        BatchFailed { error: &e }.emit(&self.metrics);
-                        let fatal = !e.is_retryable();
-                        first_error.get_or_insert(e);
-                        if fatal {
-                            break 'rounds;
-                        }
-                    }
+                    // A fatal error wins over a retryable one: the caller must stop.
+                    Err(e) => match &first_error {
+                        Some(first) if !first.is_retryable() || e.is_retryable() => {}
+                        _ => first_error = Some(e),
+                    },
                 }
+            }
+            if first_error.is_some() {
+                self.inner.rebuild_producer_if_fatal()?;
             }
             if moved == 0 || first_error.is_some() {
                 break;
             }
         }
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.inner.pool.acquire().await?;
         DepthMeasured {
             rows: outbox::depth(&mut conn).await?,
         }
-        .emit(&self.metrics);
+        .emit(&self.inner.metrics);
         match first_error {
             Some(e) => Err(e),
             None => Ok(summary),
         }
     }
+}
 
+impl Inner {
     /// One transaction: lock the shard, claim, encode, publish, await, delete, commit.
-    async fn publish_batch(&mut self, shard: i16) -> Result<BatchOutcome, RelayError> {
+    async fn publish_batch(&self, shard: i16) -> Result<BatchOutcome, RelayError> {
         let mut tx = self.pool.begin().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
             .bind(RELAY_LOCK_CLASS)
@@ -325,9 +401,9 @@ impl OutboxRelay {
         }
 
         if let Err(e) = self.produce_all(&ready).await {
-            // Dropping `tx` would roll back too; saying so keeps the connection clean.
+            // Dropping `tx` would roll back too; saying so keeps the connection clean. The
+            // caller rebuilds the producer if the error was fatal to it.
             let _ = tx.rollback().await;
-            self.rebuild_producer_if_fatal()?;
             return Err(e);
         }
 
@@ -382,14 +458,15 @@ impl OutboxRelay {
                 }));
             }
         };
-        let (key, encoded) = match &record {
-            OutboxRecord::Sample(s) => (s.key().to_owned(), self.codec.encode(s).await),
-            OutboxRecord::Event(e) => (e.key().to_owned(), self.codec.encode(e).await),
+        let stream = record.stream();
+        let (key, encoded) = match record {
+            OutboxRecord::Sample(s) => (s.key(), self.sample_encoder().await?.encode(&s)),
+            OutboxRecord::Event(e) => (e.key(), self.event_encoder().await?.encode(&e)),
         };
         match encoded {
             Ok(bytes) => Ok(Ok(Encoded {
                 id: row.id,
-                stream: record.stream(),
+                stream,
                 key,
                 bytes,
                 created_at: row.created_at,
@@ -397,14 +474,14 @@ impl OutboxRelay {
             Err(e) if e.is_retryable() => Err(RelayError::Schema(e)),
             Err(e) => {
                 // Blame the row only if a known-good record of the same type encodes.
-                if self.canary_encodes(record.stream()).await? {
+                if self.canary_encodes(stream).await? {
                     Ok(Err(Poison {
                         kind: "avro",
                         reason: e.to_string(),
                     }))
                 } else {
                     Err(RelayError::SchemaRefused {
-                        topic: self.topic(record.stream()).to_owned(),
+                        topic: self.topic(stream).to_owned(),
                         source: e,
                     })
                 }
@@ -412,10 +489,38 @@ impl OutboxRelay {
         }
     }
 
+    /// The samples encoder, resolving the schema id on first use. A registry that cannot
+    /// be reached is retryable; one that refuses the schema refuses every record of the
+    /// topic (nothing is dead-lettered for it).
+    async fn sample_encoder(&self) -> Result<&RecordEncoder<SampleChange>, RelayError> {
+        self.sample_encoder
+            .get_or_try_init(|| self.codec.encoder_for::<SampleChange>())
+            .await
+            .map_err(|e| self.schema_error(Stream::Samples, e))
+    }
+
+    async fn event_encoder(&self) -> Result<&RecordEncoder<UserEventChange>, RelayError> {
+        self.event_encoder
+            .get_or_try_init(|| self.codec.encoder_for::<UserEventChange>())
+            .await
+            .map_err(|e| self.schema_error(Stream::Events, e))
+    }
+
+    fn schema_error(&self, stream: Stream, e: pulseline_schemas::Error) -> RelayError {
+        if e.is_retryable() {
+            RelayError::Schema(e)
+        } else {
+            RelayError::SchemaRefused {
+                topic: self.topic(stream).to_owned(),
+                source: e,
+            }
+        }
+    }
+
     async fn canary_encodes(&self, stream: Stream) -> Result<bool, RelayError> {
         let result = match stream {
-            Stream::Samples => self.codec.encode(&canary_sample()).await,
-            Stream::Events => self.codec.encode(&canary_event()).await,
+            Stream::Samples => self.sample_encoder().await?.encode(&canary_sample()),
+            Stream::Events => self.event_encoder().await?.encode(&canary_event()),
         };
         match result {
             Ok(_) => Ok(true),
@@ -435,15 +540,20 @@ impl OutboxRelay {
     /// timeout). Stops enqueueing at the first refusal, so no later record of the batch
     /// can overtake a failed one.
     async fn produce_all(&self, ready: &[Encoded]) -> Result<(), RelayError> {
+        let producer = self.producer();
         let deadline = tokio::time::Instant::now() + self.config.delivery_timeout();
         // Records of a timed-out batch may still be queued: wait for them rather than
-        // queueing the same rows again behind them (bounds the producer's memory).
-        while self.producer.in_flight_count() > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                let pending = usize::try_from(self.producer.in_flight_count()).unwrap_or(0);
-                return Err(RelayError::DeliveryTimeout { pending });
+        // queueing the same rows again behind them (bounds the producer's memory). Other
+        // shards' batches in flight are waited for too, then the flag is cleared.
+        if self.timed_out.load(Ordering::Acquire) {
+            while producer.in_flight_count() > 0 {
+                if tokio::time::Instant::now() >= deadline {
+                    let pending = usize::try_from(producer.in_flight_count()).unwrap_or(0);
+                    return Err(RelayError::DeliveryTimeout { pending });
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            self.timed_out.store(false, Ordering::Release);
         }
         let mut pending = Vec::with_capacity(ready.len());
         let mut refused = None;
@@ -452,7 +562,7 @@ impl OutboxRelay {
                 .key(r.key.as_bytes())
                 .payload(&r.bytes);
             loop {
-                match self.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(delivery) => {
                         pending.push(delivery);
                         break;
@@ -472,6 +582,7 @@ impl OutboxRelay {
         }
         let enqueued = pending.len();
         let Ok(outcomes) = tokio::time::timeout_at(deadline, join_all(pending)).await else {
+            self.timed_out.store(true, Ordering::Release);
             return Err(RelayError::DeliveryTimeout { pending: enqueued });
         };
         let mut failed = ready.len() - enqueued;
@@ -497,12 +608,21 @@ impl OutboxRelay {
 
     /// A fatal producer error (gapless guarantee, fenced epoch ...) poisons the producer
     /// for good; a new one continues from the rolled-back rows.
-    fn rebuild_producer_if_fatal(&mut self) -> Result<(), RelayError> {
-        if let Some((_code, reason)) = self.producer.client().fatal_error() {
-            self.producer = create_producer(&self.config)?;
+    fn rebuild_producer_if_fatal(&self) -> Result<(), RelayError> {
+        let mut producer = self.producer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_code, reason)) = producer.client().fatal_error() {
+            *producer = create_producer(&self.config)?;
             ProducerRebuilt { reason: &reason }.emit(&self.metrics);
         }
         Ok(())
+    }
+
+    /// The current producer (a cheap handle).
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -520,6 +640,9 @@ fn create_producer(config: &RelayConfig) -> Result<FutureProducer, RelayError> {
         // Any other failure that could leave a gap becomes fatal (the producer is rebuilt).
         .set("enable.gapless.guarantee", "true")
         .set("linger.ms", "5")
+        // Avro records of one user repeat most strings: lz4 shrinks a batch several times
+        // for little CPU, so the broker has less to take in and acknowledges sooner.
+        .set("compression.type", "lz4")
         // Keys map to partitions as Java clients map them (Kafka Streams, Connect).
         .set("partitioner", "murmur2_random")
         .create()?)

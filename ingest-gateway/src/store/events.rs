@@ -9,11 +9,11 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::classify::{Op, Origin, Outcome, StoredState, classify};
-use super::{BatchOutcome, Claim, Store, build_answer, bump_sequence, finish_batch, now_micros};
+use super::{BatchOutcome, Changes, Claim, Store, build_answer, finish_batch, now_micros};
 use crate::error::GatewayError;
 use crate::hashing::Sha256Hash;
 use crate::model::EventId;
-use crate::outbox::{self, OutboxRecord, Stream};
+use crate::outbox::{self, OutboxBatch, OutboxRecord, Stream};
 use crate::validate::{Rejection, ValidEvent};
 
 /// A validated events batch, ready for the transaction.
@@ -96,9 +96,12 @@ impl Store {
         let plan = classify(&ops, &stored);
 
         let mut user_seq = begun.last_seq;
+        let mut outbox_rows = OutboxBatch::default();
+        let mut changed_at = None;
         if plan.changed() {
             user_seq += 1;
             let accepted_at = now_micros();
+            changed_at = Some(accepted_at);
             let user = user_id.to_string();
             let mut records = Vec::new();
             for (i, outcome) in plan.outcomes.iter().enumerate() {
@@ -185,17 +188,18 @@ impl Store {
                 &plan.deletes,
             )
             .await?;
-            bump_sequence(
-                &mut tx,
-                user_id,
-                Stream::Events,
-                user_seq,
-                accepted_at,
-                records.len(),
-            )
-            .await?;
-            outbox::enqueue(&mut tx, user_id, self.shards, &records).await?;
+            outbox_rows = OutboxBatch::with_capacity(records.len());
+            for r in &records {
+                outbox_rows.push_record(r)?;
+            }
         }
+        let changes = changed_at.map(|at| Changes {
+            stream: Stream::Events,
+            seq: user_seq,
+            accepted_at: at,
+            shard: outbox::shard_of(user_id, self.shards),
+            outbox: &outbox_rows,
+        });
 
         let rejected: Vec<Option<Rejection>> = items
             .into_iter()
@@ -205,7 +209,7 @@ impl Store {
             })
             .collect();
         let (answer, codes) = build_answer(batch.request_id, user_seq, &plan.outcomes, &rejected);
-        finish_batch(tx, user_id, answer, codes).await
+        finish_batch(tx, user_id, answer, codes, changes).await
     }
 }
 

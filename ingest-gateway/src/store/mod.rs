@@ -1,18 +1,19 @@
 //! The gateway's Postgres side: one transaction per batch request, with bulk (UNNEST)
 //! statements only, so a 500-item batch costs the same ~10 round trips as a 1-item one.
 //!
-//! The transaction, in order:
+//! The transaction, in order (about 7 round trips in all, whatever the batch size):
 //! 1. the idempotency row (user, requestId) is inserted first, with `lock_timeout` = the
-//!    in-progress wait: a concurrent duplicate blocks on the uncommitted row, then reads
-//!    the committed answer (same hash) or gets 422 (other hash); if the wait runs out it
-//!    gets 409 REQUEST_IN_PROGRESS;
+//!    in-progress wait (set with the BEGIN): a concurrent duplicate blocks on the
+//!    uncommitted row, then reads the committed answer (same hash) or gets 422 (other
+//!    hash); if the wait runs out it gets 409 REQUEST_IN_PROGRESS;
 //! 2. the user's `user_stream` row is locked (upserted): one user's requests on a stream
 //!    run one at a time, so sequence numbers and outbox ids grow together;
 //! 3. the stored state of the batch's keys is read in one statement and every item is
 //!    classified (`classify`);
-//! 4. if anything changed: the sequence is bumped by one, rows are upserted / soft-deleted,
-//!    `accepted_change` records when, and the records go to the outbox in item order;
-//! 5. the answer is stored in the idempotency row; COMMIT; only then is it sent.
+//! 4. if anything changed: rows are upserted / soft-deleted; then one statement bumps the
+//!    sequence by one, records when in `accepted_change`, puts the records in the outbox
+//!    in item order (with the NOTIFY) and
+//! 5. stores the answer in the idempotency row; COMMIT; only then is it sent.
 //!
 //! This module never talks HTTP; it returns answers and `GatewayError`s.
 
@@ -28,13 +29,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::GatewayError;
 use crate::hashing::Sha256Hash;
 use crate::model::{BatchAnswer, ItemResult, ItemStatus};
-use crate::outbox::Stream;
+use crate::outbox::{self, OutboxBatch, Stream};
 use crate::validate::{RejectCode, Rejection};
 
 pub use events::{EventBatch, EventItem};
@@ -56,9 +57,10 @@ pub struct Store {
 #[derive(Debug)]
 pub enum BatchOutcome {
     /// This request ran and committed; `rejections` lists the codes of rejected items.
+    /// `body` is the answer's JSON text, byte for byte what a replay of it sends.
     Committed {
         answer: BatchAnswer,
-        body: Value,
+        body: String,
         rejections: Vec<RejectCode>,
     },
     /// An earlier request with the same requestId and payload answered; this is its answer.
@@ -74,9 +76,12 @@ impl BatchOutcome {
         }
     }
 
-    pub fn body(&self) -> &Value {
+    /// The answer body as JSON text.
+    pub fn into_body_json(self) -> Result<String, GatewayError> {
         match self {
-            BatchOutcome::Committed { body, .. } | BatchOutcome::Replayed { body, .. } => body,
+            BatchOutcome::Committed { body, .. } => Ok(body),
+            BatchOutcome::Replayed { body, .. } => serde_json::to_string(&body)
+                .map_err(|e| GatewayError::Internal(format!("encoding answer: {e}"))),
         }
     }
 }
@@ -162,11 +167,13 @@ impl Store {
         stream: Stream,
         payload_hash: Sha256Hash,
     ) -> Result<Claim, GatewayError> {
-        let mut tx = self.pool.begin().await?;
+        // The lock timeout is local to the transaction; sent with the BEGIN (one round trip).
         let wait_ms = self.in_progress_wait.as_millis().max(1);
-        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-            .bind(format!("{wait_ms}ms"))
-            .execute(&mut *tx)
+        let mut tx = self
+            .pool
+            .begin_with(sqlx::AssertSqlSafe(format!(
+                "BEGIN; SET LOCAL lock_timeout = '{wait_ms}ms'"
+            )))
             .await?;
         let inserted = sqlx::query(
             "INSERT INTO idempotency_key (user_id, request_id, endpoint, payload_hash)
@@ -246,54 +253,141 @@ impl Store {
     }
 }
 
-/// Step 4's bookkeeping: the new sequence number and when it was accepted.
-async fn bump_sequence(
-    conn: &mut PgConnection,
-    user_id: Uuid,
+/// What a request that changed something adds in its last statement: the new sequence
+/// number, when it was accepted and the outbox records (in item order).
+struct Changes<'a> {
     stream: Stream,
     seq: i64,
     accepted_at: DateTime<Utc>,
-    items: usize,
-) -> Result<(), GatewayError> {
-    sqlx::query(
-        "WITH bumped AS (UPDATE user_stream SET last_seq = $3 WHERE user_id = $1 AND stream = $2)
-         INSERT INTO accepted_change (user_id, stream, seq, accepted_at, items) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(user_id)
-    .bind(stream.id())
-    .bind(seq)
-    .bind(accepted_at)
-    .bind(i32::try_from(items).unwrap_or(i32::MAX))
-    .execute(conn)
-    .await?;
-    Ok(())
+    shard: i16,
+    outbox: &'a OutboxBatch,
 }
 
-/// Step 5: stores the answer with the idempotency row and commits.
+/// Steps 4 (bookkeeping and outbox) and 5: one statement stores the answer with the
+/// idempotency row (and, if anything changed, bumps the sequence, records when, enqueues
+/// the records and schedules the NOTIFY), then COMMIT.
 async fn finish_batch(
     mut tx: Transaction<'static, Postgres>,
     user_id: Uuid,
     answer: BatchAnswer,
     rejections: Vec<RejectCode>,
+    changes: Option<Changes<'_>>,
 ) -> Result<BatchOutcome, GatewayError> {
-    let body = serde_json::to_value(&answer)
-        .map_err(|e| GatewayError::Internal(format!("encoding answer: {e}")))?;
-    sqlx::query(
-        "UPDATE idempotency_key SET response_status = $3, response_body = $4
-         WHERE user_id = $1 AND request_id = $2",
-    )
-    .bind(user_id)
-    .bind(answer.request_id)
-    .bind(answer_status(&answer) as i16)
-    .bind(&body)
-    .execute(&mut *tx)
-    .await?;
+    let body = answer_json(&answer)?;
+    let status = answer_status(&answer) as i16;
+    match changes {
+        None => {
+            sqlx::query(
+                "UPDATE idempotency_key SET response_status = $3, response_body = $4::jsonb
+                 WHERE user_id = $1 AND request_id = $2",
+            )
+            .bind(user_id)
+            .bind(answer.request_id)
+            .bind(status)
+            .bind(body.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        Some(c) => {
+            // Data-modifying CTEs all run to completion; none reads another's rows. The
+            // outbox insert keeps identity values in the records' order (ORDINALITY).
+            sqlx::query(
+                "WITH bumped AS (
+                     UPDATE user_stream SET last_seq = $3 WHERE user_id = $1 AND stream = $2),
+                 accepted AS (
+                     INSERT INTO accepted_change (user_id, stream, seq, accepted_at, items)
+                     VALUES ($1, $2, $3, $4, $5)),
+                 queued AS (
+                     INSERT INTO outbox (shard, stream, user_id, change_seq, change_index, payload)
+                     SELECT $6, s, $1, q, i, p::json
+                     FROM UNNEST($7::int2[], $8::int8[], $9::int4[], $10::text[])
+                          WITH ORDINALITY AS t(s, q, i, p, n)
+                     ORDER BY n),
+                 answered AS (
+                     UPDATE idempotency_key SET response_status = $12, response_body = $13::jsonb
+                     WHERE user_id = $1 AND request_id = $11)
+                 SELECT pg_notify($14, '') WHERE cardinality($7::int2[]) > 0",
+            )
+            .bind(user_id)
+            .bind(c.stream.id())
+            .bind(c.seq)
+            .bind(c.accepted_at)
+            .bind(i32::try_from(c.outbox.len()).unwrap_or(i32::MAX))
+            .bind(c.shard)
+            .bind(&c.outbox.streams)
+            .bind(&c.outbox.seqs)
+            .bind(&c.outbox.indexes)
+            .bind(c.outbox.payloads()?)
+            .bind(answer.request_id)
+            .bind(status)
+            .bind(body.as_str())
+            .bind(outbox::NOTIFY_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
     tx.commit().await?;
     Ok(BatchOutcome::Committed {
         answer,
         body,
         rejections,
     })
+}
+
+/// The answer as JSON text with its members in sorted order, which is the text
+/// `serde_json` gives the stored `jsonb` answer when it is replayed: a fresh answer and
+/// its replays are byte for byte the same. Written straight from the answer (no
+/// intermediate `Value` of 500 maps).
+fn answer_json(answer: &BatchAnswer) -> Result<String, GatewayError> {
+    serde_json::to_string(&SortedAnswer(answer))
+        .map_err(|e| GatewayError::Internal(format!("encoding answer: {e}")))
+}
+
+/// `BatchAnswer` with its members in sorted (byte) order; same names and values.
+struct SortedAnswer<'a>(&'a BatchAnswer);
+
+impl serde::Serialize for SortedAnswer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let a = self.0;
+        let mut m = s.serialize_struct("BatchAnswer", 8)?;
+        m.serialize_field("accepted", &a.accepted)?;
+        m.serialize_field("deleted", &a.deleted)?;
+        m.serialize_field("duplicates", &a.duplicates)?;
+        m.serialize_field("rejected", &a.rejected)?;
+        m.serialize_field("requestId", &a.request_id)?;
+        m.serialize_field("results", &SortedResults(&a.results))?;
+        m.serialize_field("updated", &a.updated)?;
+        m.serialize_field("userSeq", &a.user_seq)?;
+        m.end()
+    }
+}
+
+struct SortedResults<'a>(&'a [ItemResult]);
+
+impl serde::Serialize for SortedResults<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(SortedResult))
+    }
+}
+
+struct SortedResult<'a>(&'a ItemResult);
+
+impl serde::Serialize for SortedResult<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let r = self.0;
+        let mut m = s.serialize_struct("ItemResult", 4)?;
+        if let Some(code) = &r.code {
+            m.serialize_field("code", code)?;
+        }
+        m.serialize_field("index", &r.index)?;
+        if let Some(message) = &r.message {
+            m.serialize_field("message", message)?;
+        }
+        m.serialize_field("status", &r.status)?;
+        m.end()
+    }
 }
 
 /// Builds the answer: one result per item, in index order.
@@ -385,5 +479,30 @@ mod tests {
         assert_eq!(codes, vec![RejectCode::MetricBlocked]);
         assert_eq!(answer.results[2].code.as_deref(), Some("METRIC_BLOCKED"));
         assert_eq!(answer_status(&answer), 207);
+    }
+
+    #[test]
+    fn answer_json_is_the_sorted_text_of_the_answer() {
+        let outcomes = [
+            Outcome::Accepted,
+            Outcome::Updated,
+            Outcome::Duplicate,
+            Outcome::Skipped,
+            Outcome::Deleted(classify::Origin::Stored),
+        ];
+        let rejected = [
+            None,
+            None,
+            None,
+            Some(Rejection::blocked("HEART_RATE")),
+            None,
+        ];
+        let (answer, _) = build_answer(Uuid::new_v4(), 42, &outcomes, &rejected);
+        let text = answer_json(&answer).expect("encodes");
+        let value = serde_json::to_value(&answer).expect("value");
+        // What a replay sends: the stored jsonb read back as a Value, serialised.
+        assert_eq!(text, serde_json::to_string(&value).expect("text"));
+        let back: BatchAnswer = serde_json::from_str(&text).expect("decodes");
+        assert_eq!(back, answer);
     }
 }

@@ -4,16 +4,15 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use pulseline_schemas::Operation;
-use pulseline_schemas::records::SampleChange;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::classify::{Op, Origin, Outcome, StoredState, classify};
-use super::{BatchOutcome, Claim, Store, build_answer, bump_sequence, finish_batch, now_micros};
+use super::{BatchOutcome, Changes, Claim, Store, build_answer, finish_batch, now_micros};
 use crate::error::GatewayError;
 use crate::hashing::Sha256Hash;
 use crate::model::{DeviceType, SourceId, SourceRecordId};
-use crate::outbox::{self, OutboxRecord, Stream};
+use crate::outbox::{self, OutboxBatch, SampleChangeRef, Stream};
 use crate::validate::{Rejection, ValidSample};
 
 /// A validated samples batch, ready for the transaction.
@@ -124,17 +123,21 @@ impl Store {
         let plan = classify(&ops, &stored);
 
         let mut user_seq = begun.last_seq;
+        let user = user_id.to_string();
+        let mut records = OutboxBatch::default();
+        let mut accepted_at = None;
         if plan.changed() {
             user_seq += 1;
-            let accepted_at = now_micros();
+            let at = now_micros();
+            accepted_at = Some(at);
             let ctx = RecordContext {
-                user_id: user_id.to_string(),
+                user_id: &user,
                 source_id,
                 device_type: batch.device_type.as_str(),
                 seq: user_seq,
-                accepted_at: accepted_at.timestamp_micros(),
+                accepted_at: at.timestamp_micros(),
             };
-            let mut records = Vec::new();
+            records = OutboxBatch::with_capacity(plan.outcomes.len());
             for (i, outcome) in plan.outcomes.iter().enumerate() {
                 let record = match (outcome, &items[i]) {
                     (Outcome::Accepted | Outcome::Updated, SampleItem::Upsert(s)) => {
@@ -165,30 +168,36 @@ impl Store {
                     }
                     _ => continue,
                 };
-                records.push(OutboxRecord::Sample(record));
+                records.push_sample(&record)?;
             }
-            write_upserts(&mut tx, &ctx, user_id, &items, &plan.upserts, accepted_at).await?;
+            // Keys the transaction read as absent are new: the user's stream lock keeps
+            // every other writer of this user's samples out until COMMIT, so they are
+            // plainly inserted (no conflict arbitration); stored keys (live or soft-deleted)
+            // are upserted.
+            let (known, fresh): (Vec<usize>, Vec<usize>) = plan
+                .upserts
+                .iter()
+                .partition(|&&i| items[i].key().is_some_and(|k| stored.contains_key(&k)));
+            write_upserts(&mut tx, &ctx, user_id, &items, &fresh, at, Write::Insert).await?;
+            write_upserts(&mut tx, &ctx, user_id, &items, &known, at, Write::Upsert).await?;
             write_deletes(
                 &mut tx,
                 user_id,
                 source_id,
                 user_seq,
-                accepted_at,
+                at,
                 &items,
                 &plan.deletes,
             )
             .await?;
-            bump_sequence(
-                &mut tx,
-                user_id,
-                Stream::Samples,
-                user_seq,
-                accepted_at,
-                records.len(),
-            )
-            .await?;
-            outbox::enqueue(&mut tx, user_id, self.shards, &records).await?;
         }
+        let changes = accepted_at.map(|at| Changes {
+            stream: Stream::Samples,
+            seq: user_seq,
+            accepted_at: at,
+            shard: outbox::shard_of(user_id, self.shards),
+            outbox: &records,
+        });
 
         let rejected: Vec<Option<Rejection>> = items
             .into_iter()
@@ -198,37 +207,37 @@ impl Store {
             })
             .collect();
         let (answer, codes) = build_answer(batch.request_id, user_seq, &plan.outcomes, &rejected);
-        finish_batch(tx, user_id, answer, codes).await
+        finish_batch(tx, user_id, answer, codes, changes).await
     }
 }
 
 /// What every record of this request shares.
 struct RecordContext<'a> {
-    user_id: String,
+    user_id: &'a str,
     source_id: &'a str,
     device_type: &'static str,
     seq: i64,
     accepted_at: i64,
 }
 
-impl RecordContext<'_> {
-    fn upsert(&self, index: usize, s: &ValidSample) -> SampleChange {
-        SampleChange {
-            user_id: self.user_id.clone(),
+impl<'a> RecordContext<'a> {
+    fn upsert(&self, index: usize, s: &'a ValidSample) -> SampleChangeRef<'a> {
+        SampleChangeRef {
+            user_id: self.user_id,
             change_seq: self.seq,
             change_index: index_i32(index),
             operation: Operation::Upsert,
-            source_id: self.source_id.to_owned(),
-            device_type: self.device_type.to_owned(),
-            source_record_id: s.source_record_id.as_str().to_owned(),
+            source_id: self.source_id,
+            device_type: self.device_type,
+            source_record_id: s.source_record_id.as_str(),
             start_at: s.start_at.timestamp_micros(),
-            metric: s.metric.code().to_owned(),
+            metric: s.metric.code(),
             end_at: Some(s.end_at.timestamp_micros()),
             tz_offset_minutes: s.tz_offset_minutes,
             value: s.value,
-            unit: Some(s.unit.to_owned()),
-            category: s.category.map(str::to_owned),
-            metadata_json: s.metadata_json.clone(),
+            unit: Some(s.unit),
+            category: s.category,
+            metadata_json: s.metadata_json.as_deref(),
             accepted_at: self.accepted_at,
         }
     }
@@ -236,21 +245,21 @@ impl RecordContext<'_> {
     fn delete(
         &self,
         index: usize,
-        k: &SampleKey,
-        metric: &str,
+        k: &'a SampleKey,
+        metric: &'a str,
         end_at: DateTime<Utc>,
         tz: i32,
-    ) -> SampleChange {
-        SampleChange {
-            user_id: self.user_id.clone(),
+    ) -> SampleChangeRef<'a> {
+        SampleChangeRef {
+            user_id: self.user_id,
             change_seq: self.seq,
             change_index: index_i32(index),
             operation: Operation::Delete,
-            source_id: self.source_id.to_owned(),
-            device_type: self.device_type.to_owned(),
-            source_record_id: k.source_record_id.as_str().to_owned(),
+            source_id: self.source_id,
+            device_type: self.device_type,
+            source_record_id: k.source_record_id.as_str(),
             start_at: k.start_at.timestamp_micros(),
-            metric: metric.to_owned(),
+            metric,
             end_at: Some(end_at.timestamp_micros()),
             tz_offset_minutes: tz,
             value: None,
@@ -260,6 +269,13 @@ impl RecordContext<'_> {
             accepted_at: self.accepted_at,
         }
     }
+}
+
+/// How [`write_upserts`] writes: keys known to be absent are inserted, others upserted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Insert,
+    Upsert,
 }
 
 fn index_i32(i: usize) -> i32 {
@@ -338,7 +354,7 @@ async fn load_stored(
         .collect())
 }
 
-/// Upserts the final live content of each changed key (one statement).
+/// Writes the final live content of each changed key (one statement).
 async fn write_upserts(
     conn: &mut PgConnection,
     ctx: &RecordContext<'_>,
@@ -346,6 +362,7 @@ async fn write_upserts(
     items: &[SampleItem],
     upserts: &[usize],
     accepted_at: DateTime<Utc>,
+    write: Write,
 ) -> Result<(), GatewayError> {
     if upserts.is_empty() {
         return Ok(());
@@ -380,7 +397,16 @@ async fn write_upserts(
         hashes.push(s.content_hash.as_bytes());
         indexes.push(index_i32(i));
     }
-    sqlx::query(
+    const INSERT: &str =
+        "INSERT INTO sample (user_id, source_id, source_record_id, start_at, metric, device_type, end_at,
+                             tz_offset_minutes, value, unit, category, metadata, content_hash, deleted,
+                             change_seq, change_index, accepted_at)
+         SELECT $1, $2, t.rid, t.st, t.metric, $3, t.en, t.tz, t.val, t.unit, t.cat, t.meta::jsonb, t.hash,
+                false, $4, t.idx, $5
+         FROM UNNEST($6::text[], $7::timestamptz[], $8::text[], $9::timestamptz[], $10::int4[], $11::float8[],
+                     $12::text[], $13::text[], $14::text[], $15::bytea[], $16::int4[])
+              AS t(rid, st, metric, en, tz, val, unit, cat, meta, hash, idx)";
+    const UPSERT: &str =
         "INSERT INTO sample (user_id, source_id, source_record_id, start_at, metric, device_type, end_at,
                              tz_offset_minutes, value, unit, category, metadata, content_hash, deleted,
                              change_seq, change_index, accepted_at)
@@ -394,8 +420,11 @@ async fn write_upserts(
              tz_offset_minutes = EXCLUDED.tz_offset_minutes, value = EXCLUDED.value, unit = EXCLUDED.unit,
              category = EXCLUDED.category, metadata = EXCLUDED.metadata, content_hash = EXCLUDED.content_hash,
              deleted = false, change_seq = EXCLUDED.change_seq, change_index = EXCLUDED.change_index,
-             accepted_at = EXCLUDED.accepted_at",
-    )
+             accepted_at = EXCLUDED.accepted_at";
+    sqlx::query(match write {
+        Write::Insert => INSERT,
+        Write::Upsert => UPSERT,
+    })
     .bind(user_id)
     .bind(ctx.source_id)
     .bind(ctx.device_type)
