@@ -93,7 +93,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bytes_sent += payload.len();
         let delivery = producer
             .send(
-                FutureRecord::to(&topic).key(&record.key()).payload(&payload),
+                FutureRecord::to(&topic)
+                    .key(&record.key())
+                    .payload(&payload),
                 Duration::from_secs(10),
             )
             .await

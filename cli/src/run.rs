@@ -25,15 +25,15 @@ use pulseline_ingest_gateway::outbox::Stream;
 use pulseline_ingest_gateway::relay::{OutboxRelay, RelayConfig};
 use pulseline_query_api::app::Application as QueryApplication;
 use pulseline_query_api::config::Config as QueryConfig;
+use pulseline_schemas::Operation;
+use pulseline_schemas::records::SampleChange;
 use pulseline_simulator::{NaturalKey, RequestKind, SimulatedUser, TrafficMix};
 use pulseline_sinks::app::SinkApplication;
 use pulseline_sinks::config::SinkConfig;
 use pulseline_stream_processors::cli::Cli as ProcessorCli;
-use pulseline_stream_processors::processors::{registered_names, registry};
 use pulseline_stream_processors::oracle;
+use pulseline_stream_processors::processors::{registered_names, registry};
 use pulseline_stream_processors::runtime::Runtime;
-use pulseline_schemas::Operation;
-use pulseline_schemas::records::SampleChange;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
@@ -58,11 +58,23 @@ pub struct RunArgs {
     gateway_addr: SocketAddr,
     #[arg(long, env = "PULSELINE_QUERY_ADDR", default_value = "127.0.0.1:8081")]
     query_addr: SocketAddr,
-    #[arg(long, env = "PULSELINE_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/pulseline")]
+    #[arg(
+        long,
+        env = "PULSELINE_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/pulseline"
+    )]
     database_url: String,
-    #[arg(long, env = "PULSELINE_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:19092")]
+    #[arg(
+        long,
+        env = "PULSELINE_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:19092"
+    )]
     kafka_bootstrap: String,
-    #[arg(long, env = "PULSELINE_SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:18081")]
+    #[arg(
+        long,
+        env = "PULSELINE_SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:18081"
+    )]
     schema_registry_url: String,
     #[arg(long, env = "PULSELINE_TOPIC_PREFIX", default_value = "")]
     topic_prefix: String,
@@ -90,7 +102,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..GatewayConfig::default()
     };
     let secret = gateway_config.jwt_secret.clone();
-    let gateway = Application::build(gateway_config).await.context("starting the gateway")?;
+    let gateway = Application::build(gateway_config)
+        .await
+        .context("starting the gateway")?;
     let gateway_url = format!("http://{}", gateway.local_addr());
     tokio::spawn(gateway.run_until(std::future::pending()));
 
@@ -105,7 +119,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await
     .context("starting the relay")?;
     let relay_metrics = relay.metrics();
-    println!("pulseline run: gateway {gateway_url}, relay metrics http://{}/metrics", relay.metrics_addr());
+    println!(
+        "pulseline run: gateway {gateway_url}, relay metrics http://{}/metrics",
+        relay.metrics_addr()
+    );
     tokio::spawn(relay.run_until(std::future::pending::<()>()));
 
     let sink = SinkApplication::build(SinkConfig {
@@ -138,15 +155,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let runtime = Runtime::new(runtime_config, registry(&processors.processors_config()))
         .context("configuring the stream processors")?
         .start();
-    println!("  processors: {}; sink to Postgres; query API {query_url}", registered_names().join(", "));
+    println!(
+        "  processors: {}; sink to Postgres; query API {query_url}",
+        registered_names().join(", ")
+    );
     // A consumer group join plus the state restore take a few seconds; start the traffic
     // once the processors own their partitions, so latencies measure the pipeline.
     let joining = Instant::now();
     while runtime.status().assigned().is_empty() {
-        ensure!(joining.elapsed() < Duration::from_secs(90), "the stream processors got no partitions within 90 s");
+        ensure!(
+            joining.elapsed() < Duration::from_secs(90),
+            "the stream processors got no partitions within 90 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("  processors own {} partitions after {:.1} s", runtime.status().assigned().len(), joining.elapsed().as_secs_f64());
+    println!(
+        "  processors own {} partitions after {:.1} s",
+        runtime.status().assigned().len(),
+        joining.elapsed().as_secs_f64()
+    );
 
     let pool = PgPool::connect(&args.database_url).await?;
     let now = Utc::now();
@@ -154,7 +181,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let users: Vec<Arc<Mutex<SimulatedUser>>> = (0..args.users)
         .map(|i| {
             let start = now - TimeDelta::days(args.backlog_days);
-            Arc::new(Mutex::new(SimulatedUser::new(seed_base + i as u64, start, TrafficMix::default())))
+            Arc::new(Mutex::new(SimulatedUser::new(
+                seed_base + i as u64,
+                start,
+                TrafficMix::default(),
+            )))
         })
         .collect();
     let tally = Arc::new(Tally::default());
@@ -168,7 +199,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let mut tokens = Vec::with_capacity(users.len());
     for u in &users {
-        tokens.push(issue_hs256_token(&secret, u.lock().await.user_id, Role::User, 24 * 3600));
+        tokens.push(issue_hs256_token(
+            &secret,
+            u.lock().await.user_id,
+            Role::User,
+            24 * 3600,
+        ));
     }
     let began = Instant::now();
     let deadline = began + Duration::from_secs(args.duration);
@@ -196,7 +232,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let sent = Instant::now();
                 let answer = post(&http, &url, &token, &upload.body).await;
                 tally.requests.fetch_add(1, Ordering::Relaxed);
-                tally.items.fetch_add(upload.items as u64, Ordering::Relaxed);
+                tally
+                    .items
+                    .fetch_add(upload.items as u64, Ordering::Relaxed);
                 match answer {
                     Some(_) if upload.kind == RequestKind::Retry => {
                         latencies.lock().await.push(sent.elapsed());
@@ -207,7 +245,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         let n = |k: &str| a[k].as_u64().unwrap_or(0);
                         tally.accepted.fetch_add(n("accepted"), Ordering::Relaxed);
                         tally.updated.fetch_add(n("updated"), Ordering::Relaxed);
-                        tally.duplicates.fetch_add(n("duplicates"), Ordering::Relaxed);
+                        tally
+                            .duplicates
+                            .fetch_add(n("duplicates"), Ordering::Relaxed);
                         tally.deleted.fetch_add(n("deleted"), Ordering::Relaxed);
                         tally.rejected.fetch_add(n("rejected"), Ordering::Relaxed);
                         if n("accepted") + n("updated") + n("deleted") > 0 {
@@ -236,8 +276,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     while Instant::now() < deadline {
         second += 1;
         tokio::time::sleep_until((began + Duration::from_secs(second)).into()).await;
-        let depth: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap_or(-1);
-        let rollups: i64 = sqlx::query_scalar("SELECT count(*) FROM rollup").fetch_one(&pool).await.unwrap_or(-1);
+        let depth: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(-1);
+        let rollups: i64 = sqlx::query_scalar("SELECT count(*) FROM rollup")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(-1);
         println!(
             "  {second:>3}s  requests {:>5}  samples accepted {:>7}  duplicates {:>6}  outbox {:>6}  published {:>7}  processed {:>7}  rollup rows {:>6}",
             tally.requests.load(Ordering::Relaxed),
@@ -257,11 +303,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Wait until the relay has published everything the gateway accepted.
     let drain_began = Instant::now();
     loop {
-        let depth: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await?;
+        let depth: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&pool)
+            .await?;
         if depth == 0 {
             break;
         }
-        ensure!(drain_began.elapsed() < Duration::from_secs(120), "outbox not drained after 120 s ({depth} rows)");
+        ensure!(
+            drain_began.elapsed() < Duration::from_secs(120),
+            "outbox not drained after 120 s ({depth} rows)"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -282,13 +333,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let oracle = check_rollups(&pool, &users).await?;
     let mut lat = latencies.lock().await.clone();
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
     let t = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!("summary:");
     println!(
         "  requests {} ({} retries answered from the stored answer, {} failed), items sent {}: accepted {}, updated {}, duplicates {}, deleted {}, rejected {}",
-        t(&tally.requests), t(&tally.replayed), t(&tally.failed), t(&tally.items), t(&tally.accepted), t(&tally.updated),
-        t(&tally.duplicates), t(&tally.deleted), t(&tally.rejected)
+        t(&tally.requests),
+        t(&tally.replayed),
+        t(&tally.failed),
+        t(&tally.items),
+        t(&tally.accepted),
+        t(&tally.updated),
+        t(&tally.duplicates),
+        t(&tally.deleted),
+        t(&tally.rejected)
     );
     println!(
         "  ingest {:.0} items/s; upload latency p50 {:.1} ms, p99 {:.1} ms; outbox drained {:.1} s after the load; {} records published",
@@ -300,7 +361,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let mut fl = freshness_latencies.lock().await.clone();
     fl.sort();
-    let fpct = |p: f64| fl.get(((fl.len() as f64 * p) as usize).min(fl.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    let fpct = |p: f64| {
+        fl.get(((fl.len() as f64 * p) as usize).min(fl.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
     println!(
         "  ingest to read model (acknowledged to applied, via the query API's freshness): p50 {:.0} ms, p99 {:.0} ms over {} uploads; all fresh {fresh_after:.1} s after the load",
         fpct(0.5),
@@ -318,22 +382,37 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         oracle.compared, oracle.differing
     );
     if mismatches == 0 {
-        println!("  check: Postgres holds exactly what every simulated client believes it stored (last write per key, deletions applied)");
+        println!(
+            "  check: Postgres holds exactly what every simulated client believes it stored (last write per key, deletions applied)"
+        );
     } else {
-        println!("  check FAILED: {mismatches} samples differ between Postgres and the clients' view");
+        println!(
+            "  check FAILED: {mismatches} samples differ between Postgres and the clients' view"
+        );
     }
     if args.stay_up {
         let token = &tokens[0];
         let today = Utc::now().date_naive();
         let from = today - TimeDelta::days(args.backlog_days);
         println!("services stay up; try:");
-        println!("  curl -s -H 'Authorization: Bearer {token}' '{query_url}/v1/me/rollups?metric=STEPS&period=day&from={from}&to={today}'");
+        println!(
+            "  curl -s -H 'Authorization: Bearer {token}' '{query_url}/v1/me/rollups?metric=STEPS&period=day&from={from}&to={today}'"
+        );
         println!("Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
     }
-    runtime.shutdown().await.context("stopping the processors")?;
-    ensure!(mismatches == 0, "stored samples differ from what the clients sent");
-    ensure!(oracle.differing == 0, "rollups differ from the brute-force oracle");
+    runtime
+        .shutdown()
+        .await
+        .context("stopping the processors")?;
+    ensure!(
+        mismatches == 0,
+        "stored samples differ from what the clients sent"
+    );
+    ensure!(
+        oracle.differing == 0,
+        "rollups differ from the brute-force oracle"
+    );
     Ok(())
 }
 
@@ -351,12 +430,16 @@ async fn watch_freshness(
         let users: BTreeSet<usize> = pending.lock().await.iter().map(|p| p.0).collect();
         for user in users {
             let resp = http
-                .get(format!("{url}?metric=HEART_RATE&period=day&from={today}&to={today}"))
+                .get(format!(
+                    "{url}?metric=HEART_RATE&period=day&from={today}&to={today}"
+                ))
                 .bearer_auth(&tokens[user])
                 .send()
                 .await;
             let Ok(resp) = resp else { continue };
-            let Ok(body) = resp.json::<serde_json::Value>().await else { continue };
+            let Ok(body) = resp.json::<serde_json::Value>().await else {
+                continue;
+            };
             let applied = body["freshness"]["appliedSeq"].as_i64().unwrap_or(0);
             let now = Instant::now();
             let mut p = pending.lock().await;
@@ -374,8 +457,19 @@ async fn watch_freshness(
     }
 }
 
-async fn post(http: &reqwest::Client, url: &str, token: &str, body: &serde_json::Value) -> Option<serde_json::Value> {
-    let resp = http.post(url).bearer_auth(token).json(body).send().await.ok()?;
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> Option<serde_json::Value> {
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .ok()?;
     if !resp.status().is_success() {
         return None;
     }
@@ -383,11 +477,21 @@ async fn post(http: &reqwest::Client, url: &str, token: &str, body: &serde_json:
 }
 
 /// Compares the gateway's `sample` table with each client's view; returns the differences.
-async fn check_stored_samples(pool: &PgPool, users: &[Arc<Mutex<SimulatedUser>>]) -> anyhow::Result<usize> {
+async fn check_stored_samples(
+    pool: &PgPool,
+    users: &[Arc<Mutex<SimulatedUser>>],
+) -> anyhow::Result<usize> {
     let mut mismatches = 0;
     for user in users {
         let u = user.lock().await;
-        let rows: Vec<(String, String, DateTime<Utc>, String, Option<f64>, Option<String>)> = sqlx::query_as(
+        let rows: Vec<(
+            String,
+            String,
+            DateTime<Utc>,
+            String,
+            Option<f64>,
+            Option<String>,
+        )> = sqlx::query_as(
             "SELECT source_id, source_record_id, start_at, metric, value, category
              FROM sample WHERE user_id = $1 AND NOT deleted",
         )
@@ -396,16 +500,33 @@ async fn check_stored_samples(pool: &PgPool, users: &[Arc<Mutex<SimulatedUser>>]
         .await?;
         let stored: BTreeMap<NaturalKey, (String, Option<f64>, Option<String>)> = rows
             .into_iter()
-            .map(|(source_id, source_record_id, start, metric, value, category)| {
-                (NaturalKey { source_id, source_record_id, start_at: start.timestamp_micros() }, (metric, value, category))
-            })
+            .map(
+                |(source_id, source_record_id, start, metric, value, category)| {
+                    (
+                        NaturalKey {
+                            source_id,
+                            source_record_id,
+                            start_at: start.timestamp_micros(),
+                        },
+                        (metric, value, category),
+                    )
+                },
+            )
             .collect();
         let expected: BTreeMap<NaturalKey, (String, Option<f64>, Option<String>)> = u
             .expected()
             .iter()
-            .map(|(k, c)| (k.clone(), (c.metric.to_owned(), c.value, c.category.map(str::to_owned))))
+            .map(|(k, c)| {
+                (
+                    k.clone(),
+                    (c.metric.to_owned(), c.value, c.category.map(str::to_owned)),
+                )
+            })
             .collect();
-        mismatches += expected.iter().filter(|(k, v)| stored.get(*k) != Some(*v)).count();
+        mismatches += expected
+            .iter()
+            .filter(|(k, v)| stored.get(*k) != Some(*v))
+            .count();
         mismatches += stored.keys().filter(|k| !expected.contains_key(*k)).count();
     }
     Ok(mismatches)
@@ -420,7 +541,10 @@ struct OracleCheck {
 /// Recomputes every rollup bucket by brute force from what the clients believe they stored
 /// and compares it with the `rollup` table the sink wrote. Only the metrics the oracle
 /// covers are compared (heart rate and steps here; sleep stages have no rollup value).
-async fn check_rollups(pool: &PgPool, users: &[Arc<Mutex<SimulatedUser>>]) -> anyhow::Result<OracleCheck> {
+async fn check_rollups(
+    pool: &PgPool,
+    users: &[Arc<Mutex<SimulatedUser>>],
+) -> anyhow::Result<OracleCheck> {
     let mut changes = Vec::new();
     let mut user_ids = Vec::new();
     for user in users {
@@ -448,7 +572,17 @@ async fn check_rollups(pool: &PgPool, users: &[Arc<Mutex<SimulatedUser>>]) -> an
         }
     }
     let expected = oracle::rollups(&changes);
-    let rows: Vec<(uuid::Uuid, String, String, String, Option<f64>, Option<f64>, Option<f64>, i64, Vec<String>)> = sqlx::query_as(
+    let rows: Vec<(
+        uuid::Uuid,
+        String,
+        String,
+        String,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        i64,
+        Vec<String>,
+    )> = sqlx::query_as(
         "SELECT user_id, metric, period,
                 CASE period WHEN 'DAY' THEN to_char(bucket_start, 'YYYY-MM-DD')
                             ELSE to_char(bucket_start, 'YYYY-MM-DD\"T\"HH24:00:00') END,
@@ -460,16 +594,32 @@ async fn check_rollups(pool: &PgPool, users: &[Arc<Mutex<SimulatedUser>>]) -> an
     .await?;
     let actual: BTreeMap<String, oracle::Row> = rows
         .into_iter()
-        .map(|(user, metric, period, bucket, value, min, max, count, mut sources)| {
-            sources.sort();
-            (format!("{user}|{metric}|{period}|{bucket}"), oracle::Row { value, min, max, count, sources })
-        })
+        .map(
+            |(user, metric, period, bucket, value, min, max, count, mut sources)| {
+                sources.sort();
+                (
+                    format!("{user}|{metric}|{period}|{bucket}"),
+                    oracle::Row {
+                        value,
+                        min,
+                        max,
+                        count,
+                        sources,
+                    },
+                )
+            },
+        )
         .collect();
-    let expected: BTreeMap<String, oracle::Row> =
-        expected.into_iter().filter(|(k, _)| k.contains("|HEART_RATE|") || k.contains("|STEPS|")).collect();
+    let expected: BTreeMap<String, oracle::Row> = expected
+        .into_iter()
+        .filter(|(k, _)| k.contains("|HEART_RATE|") || k.contains("|STEPS|"))
+        .collect();
     let problems = oracle::diff(&actual, &expected);
     for p in problems.iter().take(5) {
         println!("    oracle: {p}");
     }
-    Ok(OracleCheck { compared: expected.len(), differing: problems.len() })
+    Ok(OracleCheck {
+        compared: expected.len(),
+        differing: problems.len(),
+    })
 }

@@ -5,11 +5,13 @@
 //! their own copy of a record or a topic.
 
 pub mod catalog;
+pub mod readmodel;
 pub mod records;
 pub mod topics;
 pub mod wire;
 
 pub use catalog::{Aggregation, Catalog, CatalogError, MetricDef, ValueKind};
+pub use readmodel::{AppliedSeqs, ReadModel, ReadModelProgress, ReadModelRecord, Stream};
 pub use records::{AvroRecord, Operation};
 pub use wire::AvroCodec;
 

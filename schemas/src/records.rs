@@ -9,6 +9,8 @@ use std::sync::LazyLock;
 use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
 
+use crate::readmodel::{AppliedSeqs, ReadModel, Stream};
+
 /// A record type that travels on a topic as Avro, with its schema compiled in.
 pub trait AvroRecord: Serialize + for<'de> Deserialize<'de> + Send + Sync {
     /// The schema text, as committed in `schemas/avro/`.
@@ -119,7 +121,7 @@ avro_record!(
 );
 
 /// Rollup bucket length.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Period {
     #[serde(rename = "DAY")]
     Day,
@@ -144,13 +146,90 @@ pub struct RollupUpsert {
     pub sources: Vec<String>,
     pub applied_seq: i64,
 }
-avro_record!(RollupUpsert, "rollup_upsert.avsc", crate::topics::ROLLUPS, |r: &RollupUpsert| {
-    let period = match r.period {
-        Period::Day => "DAY",
-        Period::Hour => "HOUR",
-    };
-    format!("{}|{}|{period}|{}", r.user_id, r.metric, r.bucket_start)
-});
+avro_record!(
+    RollupUpsert,
+    "rollup_upsert.avsc",
+    crate::topics::ROLLUPS,
+    |r: &RollupUpsert| {
+        format!(
+            "{}|{}|{}|{}",
+            r.user_id,
+            r.metric,
+            r.period.as_str(),
+            r.bucket_start
+        )
+    }
+);
+
+impl Period {
+    /// The stored and keyed spelling (`DAY`, `HOUR`), as in the schema's enum.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "DAY",
+            Period::Hour => "HOUR",
+        }
+    }
+}
+
+/// A rollup bucket's identity within its user.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RollupKey {
+    pub metric: String,
+    pub period: Period,
+    /// As in `RollupUpsert::bucket_start`.
+    pub bucket_start: String,
+}
+
+impl ReadModel for RollupUpsert {
+    const NAME: &'static str = "rollups";
+    const STREAMS: &'static [Stream] = &[Stream::Samples];
+    type Key = RollupKey;
+
+    fn row_key(&self) -> RollupKey {
+        RollupKey {
+            metric: self.metric.clone(),
+            period: self.period,
+            bucket_start: self.bucket_start.clone(),
+        }
+    }
+
+    fn tombstone(user_id: &str, key: &RollupKey) -> Self {
+        RollupUpsert {
+            user_id: user_id.to_owned(),
+            metric: key.metric.clone(),
+            period: key.period,
+            bucket_start: key.bucket_start.clone(),
+            version: 0,
+            deleted: true,
+            value: None,
+            min: None,
+            max: None,
+            count: 0,
+            sources: Vec::new(),
+            applied_seq: 0,
+        }
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+
+    fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    fn applied(&self) -> AppliedSeqs {
+        AppliedSeqs {
+            samples: self.applied_seq,
+            events: 0,
+        }
+    }
+
+    fn stamp(&mut self, version: i64, applied: AppliedSeqs) {
+        self.version = version;
+        self.applied_seq = applied.samples;
+    }
+}
 
 /// A versioned upsert of one sleep night (written by the sleep processor).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -180,6 +259,59 @@ avro_record!(
     crate::topics::SLEEP_NIGHTS,
     |r: &SleepNightUpsert| format!("{}|{}", r.user_id, r.night)
 );
+
+impl ReadModel for SleepNightUpsert {
+    const NAME: &'static str = "sleep_nights";
+    const STREAMS: &'static [Stream] = &[Stream::Samples];
+    /// The night: the local date of waking, `YYYY-MM-DD`.
+    type Key = String;
+
+    fn row_key(&self) -> String {
+        self.night.clone()
+    }
+
+    fn tombstone(user_id: &str, night: &String) -> Self {
+        SleepNightUpsert {
+            user_id: user_id.to_owned(),
+            night: night.clone(),
+            version: 0,
+            deleted: true,
+            in_bed_minutes: 0.0,
+            asleep_minutes: 0.0,
+            awake_minutes: 0.0,
+            rem_minutes: 0.0,
+            deep_minutes: 0.0,
+            core_minutes: 0.0,
+            latency_minutes: None,
+            efficiency: None,
+            awakenings: 0,
+            bed_at: None,
+            wake_at: None,
+            sources: Vec::new(),
+            applied_seq: 0,
+        }
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+
+    fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    fn applied(&self) -> AppliedSeqs {
+        AppliedSeqs {
+            samples: self.applied_seq,
+            events: 0,
+        }
+    }
+
+    fn stamp(&mut self, version: i64, applied: AppliedSeqs) {
+        self.version = version;
+        self.applied_seq = applied.samples;
+    }
+}
 
 /// A versioned upsert of one metric's impact around one user event (impact processor).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -218,6 +350,10 @@ pub const ALL_SCHEMAS: &[(&str, &str)] = &[
         "session_impact_upsert.avsc",
         SessionImpactUpsert::SCHEMA_TEXT,
     ),
+    (
+        "read_model_progress.avsc",
+        crate::readmodel::ReadModelProgress::SCHEMA_TEXT,
+    ),
 ];
 
 #[cfg(test)]
@@ -242,7 +378,10 @@ mod tests {
         };
         assert_eq!(rollup.key(), "u1|STEPS|DAY|2026-11-23");
         assert_eq!(rollup.user_id(), "u1");
-        let hour = RollupUpsert { period: Period::Hour, ..rollup };
+        let hour = RollupUpsert {
+            period: Period::Hour,
+            ..rollup
+        };
         assert_eq!(hour.key(), "u1|STEPS|HOUR|2026-11-23");
     }
 }

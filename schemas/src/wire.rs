@@ -21,6 +21,7 @@ use schema_registry_converter::schema_registry_common::{
 };
 
 use crate::Error;
+use crate::readmodel::{ReadModel, ReadModelProgress, ReadModelRecord};
 use crate::records::AvroRecord;
 use crate::topics;
 
@@ -85,6 +86,44 @@ impl AvroCodec {
         let decoded = self.decoder.decode(Some(bytes)).await?;
         let value = decoded.value.resolve(R::schema())?;
         Ok(from_value::<R>(&value)?)
+    }
+
+    /// Encodes a progress record for the read model `M`'s topic. It is registered under
+    /// `<topic>-<record full name>` (TopicRecordNameStrategy): a second record type on the
+    /// topic, beside `M`'s rows, so it keeps its place in the partition's order.
+    pub async fn encode_progress<M: ReadModel>(
+        &self,
+        progress: &ReadModelProgress,
+    ) -> Result<Vec<u8>, Error> {
+        let strategy = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
+            self.topic_of::<M>(),
+            SuppliedSchema::new(
+                Some(ReadModelProgress::FULL_NAME.to_owned()),
+                SchemaType::Avro,
+                ReadModelProgress::SCHEMA_TEXT.to_owned(),
+            ),
+        );
+        Ok(self.encoder.encode_struct(progress, &strategy).await?)
+    }
+
+    /// Decodes one record of the read model `M`'s topic: a row, or a progress record (told
+    /// apart by the writer schema's name).
+    pub async fn decode_read_model<M: ReadModel>(
+        &self,
+        bytes: &[u8],
+    ) -> Result<ReadModelRecord<M>, Error> {
+        let decoded = self.decoder.decode(Some(bytes)).await?;
+        let is_progress = decoded
+            .name
+            .as_ref()
+            .is_some_and(|n| n.fullname(None) == ReadModelProgress::FULL_NAME);
+        if is_progress {
+            let value = decoded.value.resolve(ReadModelProgress::schema())?;
+            Ok(ReadModelRecord::Progress(from_value(&value)?))
+        } else {
+            let value = decoded.value.resolve(M::schema())?;
+            Ok(ReadModelRecord::Row(from_value(&value)?))
+        }
     }
 }
 

@@ -29,7 +29,12 @@ pub struct TrafficMix {
 
 impl Default for TrafficMix {
     fn default() -> Self {
-        Self { retry: 0.05, duplicate_upload: 0.05, correction: 0.05, deletion: 0.02 }
+        Self {
+            retry: 0.05,
+            duplicate_upload: 0.05,
+            correction: 0.05,
+            deletion: 0.02,
+        }
     }
 }
 
@@ -103,7 +108,10 @@ impl SimulatedUser {
         let user_id = Uuid::from_u128(rng.random());
         let tz_offset_minutes = [-300, -240, 0, 60, 120, 330, 540][rng.random_range(0..7)];
         let device = |kind: &'static str, n: u64| Device {
-            source_id: format!("{kind}-{:08x}", seed.wrapping_mul(31).wrapping_add(n) as u32),
+            source_id: format!(
+                "{kind}-{:08x}",
+                seed.wrapping_mul(31).wrapping_add(n) as u32
+            ),
             device_type: kind,
             cursor: start,
             next_record: 0,
@@ -126,7 +134,12 @@ impl SimulatedUser {
         let m = self.mix;
         if let Some((body, items)) = self.last.clone() {
             if roll < m.retry {
-                return Upload { kind: RequestKind::Retry, body, items, effects: Vec::new() };
+                return Upload {
+                    kind: RequestKind::Retry,
+                    body,
+                    items,
+                    effects: Vec::new(),
+                };
             }
         }
         let roll = roll - m.retry;
@@ -193,7 +206,12 @@ impl SimulatedUser {
                 let phone = device.device_type == "iphone";
                 if !phone || start.minute() % 5 == 0 {
                     let len = if phone { 5 } else { 1 };
-                    minute.push(("STEPS", Some(if phone { steps * 4.0 } else { steps }), None, len));
+                    minute.push((
+                        "STEPS",
+                        Some(if phone { steps * 4.0 } else { steps }),
+                        None,
+                        len,
+                    ));
                 }
             }
             let device = &mut self.devices[d];
@@ -225,14 +243,29 @@ impl SimulatedUser {
             }
         }
         let device = &self.devices[d];
-        self.finish(RequestKind::New, device.source_id.clone(), device.device_type, samples, Vec::new(), effects)
+        self.finish(
+            RequestKind::New,
+            device.source_id.clone(),
+            device.device_type,
+            samples,
+            Vec::new(),
+            effects,
+        )
     }
 
     /// Re-sends earlier samples of one device, unchanged or with new values.
     fn reupload(&mut self, batch: usize, kind: RequestKind) -> Upload {
         let picked = self.pick_sent(batch);
-        let Some((source_id, device_type)) = picked.first().map(|(k, c)| (k.source_id.clone(), c.device_type)) else {
-            return Upload { kind, body: json!({}), items: 0, effects: Vec::new() };
+        let Some((source_id, device_type)) = picked
+            .first()
+            .map(|(k, c)| (k.source_id.clone(), c.device_type))
+        else {
+            return Upload {
+                kind,
+                body: json!({}),
+                items: 0,
+                effects: Vec::new(),
+            };
         };
         let mut samples = Vec::new();
         let mut effects = Vec::new();
@@ -241,7 +274,11 @@ impl SimulatedUser {
                 if let Some(v) = content.value.as_mut() {
                     *v += 1.0;
                 } else {
-                    content.category = Some(if content.category == Some("deep") { "core" } else { "deep" });
+                    content.category = Some(if content.category == Some("deep") {
+                        "core"
+                    } else {
+                        "deep"
+                    });
                 }
                 if let Some(entry) = self.sent.iter_mut().find(|(k, _)| *k == key) {
                     entry.1 = content.clone();
@@ -255,8 +292,16 @@ impl SimulatedUser {
 
     fn deletion(&mut self, batch: usize) -> Upload {
         let picked = self.pick_sent(batch.min(20));
-        let Some((source_id, device_type)) = picked.first().map(|(k, c)| (k.source_id.clone(), c.device_type)) else {
-            return Upload { kind: RequestKind::Deletion, body: json!({}), items: 0, effects: Vec::new() };
+        let Some((source_id, device_type)) = picked
+            .first()
+            .map(|(k, c)| (k.source_id.clone(), c.device_type))
+        else {
+            return Upload {
+                kind: RequestKind::Deletion,
+                body: json!({}),
+                items: 0,
+                effects: Vec::new(),
+            };
         };
         let mut deletions = Vec::new();
         let mut effects = Vec::new();
@@ -265,7 +310,14 @@ impl SimulatedUser {
             self.sent.retain(|(k, _)| *k != key);
             effects.push((key, None));
         }
-        self.finish(RequestKind::Deletion, source_id, device_type, Vec::new(), deletions, effects)
+        self.finish(
+            RequestKind::Deletion,
+            source_id,
+            device_type,
+            Vec::new(),
+            deletions,
+            effects,
+        )
     }
 
     /// A contiguous run of earlier samples of one device.
@@ -302,7 +354,12 @@ impl SimulatedUser {
             body["deletions"] = Value::Array(deletions);
         }
         self.last = Some((body.clone(), items));
-        Upload { kind, body, items, effects }
+        Upload {
+            kind,
+            body,
+            items,
+            effects,
+        }
     }
 }
 
@@ -323,7 +380,11 @@ fn sample_json(key: &NaturalKey, c: &SampleContent) -> Value {
     match (c.value, c.category) {
         (Some(v), _) => {
             s["value"] = json!(v);
-            s["unit"] = json!(if c.metric == "HEART_RATE" { "count/min" } else { "count" });
+            s["unit"] = json!(if c.metric == "HEART_RATE" {
+                "count/min"
+            } else {
+                "count"
+            });
         }
         (None, Some(cat)) => s["category"] = json!(cat),
         (None, None) => {}
@@ -349,7 +410,10 @@ mod tests {
             kinds.insert(ua.kind);
             a.acknowledged(&ua);
         }
-        assert!(kinds.len() >= 4, "the mix produces several kinds: {kinds:?}");
+        assert!(
+            kinds.len() >= 4,
+            "the mix produces several kinds: {kinds:?}"
+        );
         assert!(!a.expected().is_empty());
         assert!(b.expected().is_empty(), "nothing acknowledged for b");
     }
@@ -357,7 +421,12 @@ mod tests {
     #[test]
     fn deletions_remove_and_corrections_replace_in_the_expected_state() {
         let start = Utc::now() - TimeDelta::days(1);
-        let mix = TrafficMix { retry: 0.0, duplicate_upload: 0.0, correction: 0.0, deletion: 0.0 };
+        let mix = TrafficMix {
+            retry: 0.0,
+            duplicate_upload: 0.0,
+            correction: 0.0,
+            deletion: 0.0,
+        };
         let mut u = SimulatedUser::new(1, start, mix);
         let first = u.next_upload(10, Utc::now());
         u.acknowledged(&first);

@@ -12,14 +12,14 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::FutureExt;
 use pulseline_schemas::AvroCodec;
-use pulseline_schemas::records::{AvroRecord, RollupUpsert};
 use pulseline_schemas::topics;
 use tokio::net::TcpListener;
 
 use crate::config::SinkConfig;
 use crate::error::SinkError;
-use crate::runner::{RunnerSettings, SinkRunner};
+use crate::runner::{ReadModelRunner, RunnerFactory, RunnerSettings};
 use crate::sink::Sink;
 use crate::telemetry::SinkTelemetry;
 
@@ -28,7 +28,8 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 /// A built sink, ready to run.
 #[derive(Debug)]
 pub struct SinkApplication {
-    runner: Arc<SinkRunner>,
+    runners: Vec<Arc<dyn ReadModelRunner>>,
+    telemetry: SinkTelemetry,
     sink: Arc<dyn Sink>,
     listener: TcpListener,
     metrics_addr: SocketAddr,
@@ -37,23 +38,28 @@ pub struct SinkApplication {
 impl SinkApplication {
     pub async fn build(config: SinkConfig) -> Result<Self, SinkError> {
         config.validate()?;
-        let sink = crate::open(&config.database_url, config.db_pool_size).await?;
+        let store = crate::open(&config.database_url, config.db_pool_size).await?;
         if config.create_topics {
             topics::ensure_all(&config.kafka_bootstrap, &config.topic_prefix).await?;
         }
         let codec = AvroCodec::new(&config.schema_registry_url, &config.topic_prefix)?;
         let telemetry = SinkTelemetry::new()
             .map_err(|e| SinkError::Startup(format!("metrics registry: {e}")))?;
-        let settings = RunnerSettings {
-            kafka_bootstrap: config.kafka_bootstrap.clone(),
-            group_id: config.group_id(),
-            topic: codec.topic_of::<RollupUpsert>(),
-            dead_letter_topic: topics::prefixed(&config.topic_prefix, topics::DEAD_LETTER),
-            batch_max_records: config.batch_max_records,
-            batch_linger: config.batch_linger(),
+        let factory = RunnerFactory {
+            settings: RunnerSettings {
+                kafka_bootstrap: config.kafka_bootstrap.clone(),
+                group_id: config.group_id(),
+                topic: String::new(),
+                dead_letter_topic: topics::prefixed(&config.topic_prefix, topics::DEAD_LETTER),
+                batch_max_records: config.batch_max_records,
+                batch_linger: config.batch_linger(),
+            },
+            topic_prefix: config.topic_prefix.clone(),
+            codec,
+            telemetry: telemetry.clone(),
         };
-        debug_assert_eq!(RollupUpsert::TOPIC, topics::ROLLUPS);
-        let runner = Arc::new(SinkRunner::new(settings, sink.clone(), codec, telemetry)?);
+        let runners = crate::read_model_runners(&store, &factory)?;
+        let sink = store.sink();
         let listener = TcpListener::bind(config.metrics_addr)
             .await
             .map_err(|e| SinkError::Startup(format!("binding {}: {e}", config.metrics_addr)))?;
@@ -61,7 +67,8 @@ impl SinkApplication {
             .local_addr()
             .map_err(|e| SinkError::Startup(format!("local address: {e}")))?;
         Ok(Self {
-            runner,
+            runners,
+            telemetry,
             sink,
             listener,
             metrics_addr,
@@ -74,7 +81,7 @@ impl SinkApplication {
 
     /// The runner's counters (rows applied, stale skipped, records consumed ...).
     pub fn telemetry(&self) -> SinkTelemetry {
-        self.runner.telemetry().clone()
+        self.telemetry.clone()
     }
 
     /// Runs until SIGINT or SIGTERM.
@@ -88,7 +95,7 @@ impl SinkApplication {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), SinkError> {
         let state = OpsState {
-            telemetry: self.runner.telemetry().clone(),
+            telemetry: self.telemetry.clone(),
             sink: self.sink.clone(),
         };
         let router = Router::new()
@@ -102,7 +109,13 @@ impl SinkApplication {
             }
         });
         tracing::info!(metrics_addr = %self.metrics_addr, engine = self.sink.engine(), "sink running");
-        let result = self.runner.run(shutdown).await;
+        // Every read model's runner, until the one shutdown; the first failure ends all.
+        let shutdown = shutdown.boxed().shared();
+        let result = futures::future::try_join_all(
+            self.runners.iter().map(|r| r.run(shutdown.clone().boxed())),
+        )
+        .await
+        .map(|_| ());
         server.abort();
         result
     }

@@ -16,24 +16,54 @@ pub mod error;
 pub mod postgres;
 pub mod runner;
 pub mod sink;
+pub mod tables;
 pub mod telemetry;
 
 use std::sync::Arc;
+
+use pulseline_schemas::records::RollupUpsert;
 
 pub use app::SinkApplication;
 pub use config::SinkConfig;
 pub use error::SinkError;
 pub use postgres::PostgresSink;
-pub use sink::{Applied, OffsetScope, PartitionSpan, RollupBatch, RollupRow, Sink};
+pub use runner::{ReadModelRunner, RunnerSettings, SinkRunner};
+pub use sink::{
+    Applied, Batch, InvalidRecord, Item, OffsetScope, PartitionSpan, Sink, SinkFor, StoredRow,
+    UserProgress,
+};
+pub use tables::StoredReadModel;
+
+/// An opened read store; the engine is chosen by the URL's scheme.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Postgres(Arc<PostgresSink>),
+}
+
+impl Store {
+    /// The store, whatever it holds (readiness, offsets).
+    pub fn sink(&self) -> Arc<dyn Sink> {
+        match self {
+            Store::Postgres(pg) => pg.clone(),
+        }
+    }
+
+    /// The store as a writer of read model `M`.
+    pub fn sink_for<M: StoredReadModel>(&self) -> Arc<dyn SinkFor<M>> {
+        match self {
+            Store::Postgres(pg) => pg.clone(),
+        }
+    }
+}
 
 /// Opens (and migrates) the read store a URL names: the scheme chooses the engine.
-pub async fn open(url: &str, pool_size: u32) -> Result<Arc<dyn Sink>, SinkError> {
+pub async fn open(url: &str, pool_size: u32) -> Result<Store, SinkError> {
     let scheme = url.split_once("://").map_or("", |(s, _)| s);
     match scheme {
         "postgres" | "postgresql" => {
             let sink = PostgresSink::connect(url, pool_size).await?;
             sink.migrate().await?;
-            Ok(Arc::new(sink))
+            Ok(Store::Postgres(Arc::new(sink)))
         }
         "scylla" | "cql" => Err(SinkError::Config(
             "the ScyllaDB sink is not built yet; use a postgres:// URL".into(),
@@ -42,4 +72,13 @@ pub async fn open(url: &str, pool_size: u32) -> Result<Arc<dyn Sink>, SinkError>
             "unsupported read-store URL scheme `{scheme}` (expected postgres://)"
         ))),
     }
+}
+
+/// Every read model the sinks store, one line each: a runner per read model, each on its
+/// own topic, all in one process.
+pub fn read_model_runners(
+    store: &Store,
+    make: &runner::RunnerFactory,
+) -> Result<Vec<Arc<dyn ReadModelRunner>>, SinkError> {
+    Ok(vec![make.runner::<RollupUpsert>(store)?])
 }

@@ -1,5 +1,7 @@
-//! The Postgres read store (the embedded default): tables `rollup`, `sink_progress` and
-//! `sink_offset` (migrations/1001_rollups.sql), written one batch per transaction.
+//! The Postgres read store (the embedded default): one table per read model (declared in
+//! `tables`), `sink_progress` and `sink_offset` (migrations/), written one batch per
+//! transaction. The SQL is built from the declarations, so a new read model needs no code
+//! here.
 //!
 //! It owns those tables and nothing else; it must never write the gateway's tables.
 
@@ -7,14 +9,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use pulseline_schemas::records::Period;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::SinkError;
-use crate::sink::{Applied, OffsetScope, PartitionSpan, RollupBatch, RollupRow, Sink};
+use crate::sink::{Applied, Batch, OffsetScope, PartitionSpan, Sink, SinkFor, StoredRow};
+use crate::tables::StoredReadModel;
 
 /// The sink's migrations. Other crates' versions (the gateway's 0001-0999) share the
 /// database and `_sqlx_migrations`, so they are "missing" here and must be ignored.
@@ -22,12 +24,6 @@ pub static MIGRATOR: Migrator = Migrator {
     ignore_missing: true,
     ..sqlx::migrate!()
 };
-
-/// `sink_progress.read_model` of the rollups: freshness is per read model.
-pub const ROLLUPS_READ_MODEL: &str = "rollups";
-
-/// `sink_progress.stream` / `user_stream.stream` of samples (the gateway's numbering).
-pub const SAMPLES_STREAM: i16 = 1;
 
 /// The Postgres implementation of `Sink`.
 #[derive(Debug, Clone)]
@@ -60,10 +56,10 @@ impl PostgresSink {
         Ok(())
     }
 
-    async fn apply_batch(
+    async fn apply_batch<M: StoredReadModel>(
         &self,
         scope: &OffsetScope,
-        batch: &RollupBatch,
+        batch: &Batch<M>,
     ) -> Result<Applied, SinkError> {
         let mut tx = self.pool.begin().await?;
         // Offsets first: the compare-and-set takes the partitions' row locks, so a second
@@ -73,10 +69,11 @@ impl PostgresSink {
         for span in &spans {
             advance_offset(&mut tx, scope, span).await?;
         }
-        let rows = newest_per_key(&batch.rows);
-        let superseded = (batch.rows.len() - rows.len()) as u64;
-        let written = upsert_rollups(&mut tx, &rows).await?;
-        raise_progress(&mut tx, &batch.rows).await?;
+        let all = batch.rows().count();
+        let rows = newest_per_key(batch.rows());
+        let superseded = (all - rows.len()) as u64;
+        let written = upsert_rows::<M>(&mut tx, &rows).await?;
+        raise_progress::<M>(&mut tx, batch).await?;
         tx.commit().await?;
         Ok(Applied {
             rows_applied: written,
@@ -129,14 +126,12 @@ async fn advance_offset(
 /// One row per key, the highest version (the later one on a tie), sorted by key so that
 /// concurrent writers lock rows in the same order. `ON CONFLICT DO UPDATE` cannot touch
 /// a row twice in one statement, so duplicates must go before the insert.
-fn newest_per_key(rows: &[RollupRow]) -> Vec<&RollupRow> {
-    let mut newest: BTreeMap<(Uuid, &str, &'static str, chrono::NaiveDateTime), &RollupRow> =
-        BTreeMap::new();
+fn newest_per_key<'a, M: StoredReadModel>(
+    rows: impl Iterator<Item = &'a StoredRow<M>>,
+) -> Vec<&'a StoredRow<M>> {
+    let mut newest: BTreeMap<(Uuid, &M::Key), &StoredRow<M>> = BTreeMap::new();
     for row in rows {
-        let (user, metric, period, start) = row.key();
-        let entry = newest
-            .entry((user, metric, period_text(period), start))
-            .or_insert(row);
+        let entry = newest.entry((row.user_id, &row.key)).or_insert(row);
         if row.version >= entry.version {
             *entry = row;
         }
@@ -144,105 +139,81 @@ fn newest_per_key(rows: &[RollupRow]) -> Vec<&RollupRow> {
     newest.into_values().collect()
 }
 
-fn period_text(p: Period) -> &'static str {
-    match p {
-        Period::Day => "DAY",
-        Period::Hour => "HOUR",
-    }
+/// The version-guarded bulk upsert of `M`'s table, built from its declaration: rows
+/// arrive as one JSON array of objects named by column.
+fn upsert_sql<M: StoredReadModel>() -> String {
+    let columns = || M::KEY_COLUMNS.iter().chain(M::VALUE_COLUMNS);
+    let names: Vec<&str> = columns().map(|c| c.name).collect();
+    let typed: Vec<String> = columns()
+        .map(|c| format!("{} {}", c.name, c.sql_type))
+        .collect();
+    let keys: Vec<&str> = M::KEY_COLUMNS.iter().map(|c| c.name).collect();
+    let updates: Vec<String> = M::VALUE_COLUMNS
+        .iter()
+        .map(|c| format!("{0} = EXCLUDED.{0}", c.name))
+        .collect();
+    format!(
+        "INSERT INTO {table} AS t ({names}, updated_at) \
+         SELECT {names}, now() FROM jsonb_to_recordset($1::jsonb) AS u({typed}) \
+         ON CONFLICT ({keys}) DO UPDATE SET {updates}, updated_at = EXCLUDED.updated_at \
+         WHERE t.version < EXCLUDED.version",
+        table = M::TABLE,
+        names = names.join(", "),
+        typed = typed.join(", "),
+        keys = keys.join(", "),
+        updates = updates.join(", "),
+    )
 }
 
 /// Bulk upsert guarded by version; returns how many rows were inserted or replaced.
-async fn upsert_rollups(
+async fn upsert_rows<M: StoredReadModel>(
     tx: &mut Transaction<'_, Postgres>,
-    rows: &[&RollupRow],
+    rows: &[&StoredRow<M>],
 ) -> Result<u64, SinkError> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let n = rows.len();
-    let mut user_ids = Vec::with_capacity(n);
-    let mut metrics = Vec::with_capacity(n);
-    let mut periods = Vec::with_capacity(n);
-    let mut starts = Vec::with_capacity(n);
-    let mut values = Vec::with_capacity(n);
-    let mut mins = Vec::with_capacity(n);
-    let mut maxs = Vec::with_capacity(n);
-    let mut counts = Vec::with_capacity(n);
-    let mut sources = Vec::with_capacity(n);
-    let mut deleted = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    for r in rows {
-        user_ids.push(r.user_id);
-        metrics.push(r.metric.as_str());
-        periods.push(period_text(r.period));
-        starts.push(r.bucket_start);
-        // A deleted bucket keeps only its version (the tombstone that blocks resurrection).
-        values.push(if r.deleted { None } else { r.value });
-        mins.push(if r.deleted { None } else { r.min });
-        maxs.push(if r.deleted { None } else { r.max });
-        counts.push(if r.deleted { 0 } else { r.count });
-        // Arrays of arrays cannot be unnested row by row; each row's sources travel as a
-        // JSON array and become text[] in SQL.
-        let list: &[String] = if r.deleted { &[] } else { &r.sources };
-        sources.push(serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned()));
-        deleted.push(r.deleted);
-        versions.push(r.version);
-    }
-    let result = sqlx::query(
-        "INSERT INTO rollup AS r \
-             (user_id, metric, period, bucket_start, value, min, max, count, sources, deleted, version, updated_at) \
-         SELECT u.user_id, u.metric, u.period, u.bucket_start, u.value, u.min, u.max, u.count, \
-                ARRAY(SELECT s.e FROM jsonb_array_elements_text(u.sources::jsonb) WITH ORDINALITY AS s(e, i) ORDER BY s.i), \
-                u.deleted, u.version, now() \
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamp[], $5::float8[], $6::float8[], \
-                     $7::float8[], $8::int8[], $9::text[], $10::bool[], $11::int8[]) \
-              AS u(user_id, metric, period, bucket_start, value, min, max, count, sources, deleted, version) \
-         ON CONFLICT (user_id, metric, period, bucket_start) DO UPDATE SET \
-             value = EXCLUDED.value, min = EXCLUDED.min, max = EXCLUDED.max, count = EXCLUDED.count, \
-             sources = EXCLUDED.sources, deleted = EXCLUDED.deleted, version = EXCLUDED.version, \
-             updated_at = EXCLUDED.updated_at \
-         WHERE r.version < EXCLUDED.version",
-    )
-    .bind(&user_ids)
-    .bind(&metrics)
-    .bind(&periods)
-    .bind(&starts)
-    .bind(&values)
-    .bind(&mins)
-    .bind(&maxs)
-    .bind(&counts)
-    .bind(&sources)
-    .bind(&deleted)
-    .bind(&versions)
-    .execute(&mut **tx)
-    .await?;
+    let columns: Vec<&M::Columns> = rows.iter().map(|r| &r.columns).collect();
+    let json = serde_json::to_string(&columns)
+        .map_err(|e| SinkError::Config(format!("encoding {} rows: {e}", M::NAME)))?;
+    // Built only from the compile-time table declarations, never from data.
+    let result = sqlx::query(sqlx::AssertSqlSafe(upsert_sql::<M>()))
+        .bind(json)
+        .execute(&mut **tx)
+        .await?;
     Ok(result.rows_affected())
 }
 
-/// Raises each user's applied samples sequence to the highest one in the batch.
-async fn raise_progress(
+/// Raises each user's applied sequence of every stream `M` reads to the highest one in
+/// the batch (rows and progress records alike).
+async fn raise_progress<M: StoredReadModel>(
     tx: &mut Transaction<'_, Postgres>,
-    rows: &[RollupRow],
+    batch: &Batch<M>,
 ) -> Result<(), SinkError> {
-    let mut highest: BTreeMap<Uuid, i64> = BTreeMap::new();
-    for r in rows {
-        let seq = highest.entry(r.user_id).or_insert(r.applied_seq);
-        *seq = (*seq).max(r.applied_seq);
+    let mut users = Vec::new();
+    let mut streams = Vec::new();
+    let mut seqs = Vec::new();
+    for p in batch.progress() {
+        for &stream in M::STREAMS {
+            users.push(p.user_id);
+            streams.push(stream.id());
+            seqs.push(p.applied.get(stream));
+        }
     }
-    if highest.is_empty() {
+    if users.is_empty() {
         return Ok(());
     }
-    let (users, seqs): (Vec<Uuid>, Vec<i64>) = highest.into_iter().unzip();
     sqlx::query(
         "INSERT INTO sink_progress AS p (read_model, user_id, stream, applied_seq) \
-         SELECT $1, x.user_id, $2, x.seq FROM UNNEST($3::uuid[], $4::int8[]) AS x(user_id, seq) \
+         SELECT $1, x.user_id, x.stream, x.seq \
+         FROM UNNEST($2::uuid[], $3::int2[], $4::int8[]) AS x(user_id, stream, seq) \
          ON CONFLICT (read_model, user_id, stream) DO UPDATE \
              SET applied_seq = EXCLUDED.applied_seq, updated_at = now() \
          WHERE p.applied_seq < EXCLUDED.applied_seq",
     )
-    .bind(ROLLUPS_READ_MODEL)
-    .bind(SAMPLES_STREAM)
+    .bind(M::NAME)
     .bind(&users)
+    .bind(&streams)
     .bind(&seqs)
     .execute(&mut **tx)
     .await?;
@@ -273,14 +244,6 @@ impl Sink for PostgresSink {
         })
     }
 
-    fn apply<'a>(
-        &'a self,
-        scope: &'a OffsetScope,
-        batch: &'a RollupBatch,
-    ) -> BoxFuture<'a, Result<Applied, SinkError>> {
-        Box::pin(self.apply_batch(scope, batch))
-    }
-
     fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -289,12 +252,23 @@ impl Sink for PostgresSink {
     }
 }
 
+impl<M: StoredReadModel> SinkFor<M> for PostgresSink {
+    fn apply<'a>(
+        &'a self,
+        scope: &'a OffsetScope,
+        batch: &'a Batch<M>,
+    ) -> BoxFuture<'a, Result<Applied, SinkError>> {
+        Box::pin(self.apply_batch(scope, batch))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pulseline_schemas::records::{Period, RollupUpsert};
 
-    fn row(version: i64, bucket: &str) -> RollupRow {
-        RollupRow::parse(pulseline_schemas::records::RollupUpsert {
+    fn row(version: i64, bucket: &str) -> StoredRow<RollupUpsert> {
+        StoredRow::parse(RollupUpsert {
             user_id: Uuid::nil().to_string(),
             metric: "STEPS".into(),
             period: Period::Day,
@@ -313,14 +287,30 @@ mod tests {
 
     #[test]
     fn newest_per_key_keeps_the_highest_version_whatever_the_order() {
-        let rows = vec![
+        let rows = [
             row(5, "2026-01-01"),
             row(3, "2026-01-01"),
             row(1, "2026-01-02"),
             row(7, "2026-01-01"),
             row(2, "2026-01-02"),
         ];
-        let kept: Vec<i64> = newest_per_key(&rows).iter().map(|r| r.version).collect();
+        let kept: Vec<i64> = newest_per_key(rows.iter())
+            .iter()
+            .map(|r| r.version)
+            .collect();
         assert_eq!(kept, vec![7, 2]);
+    }
+
+    #[test]
+    fn the_upsert_is_built_from_the_declaration() {
+        let sql = upsert_sql::<RollupUpsert>();
+        assert!(
+            sql.starts_with(
+                "INSERT INTO rollup AS t (user_id, metric, period, bucket_start, value,"
+            )
+        );
+        assert!(sql.contains("ON CONFLICT (user_id, metric, period, bucket_start)"));
+        assert!(sql.contains("sources text[]"));
+        assert!(sql.ends_with("WHERE t.version < EXCLUDED.version"));
     }
 }

@@ -1,6 +1,6 @@
-//! The consuming side of a sink: a consumer-group member on the rollups topic that reads
-//! (read_committed), decodes, batches and hands batches to a `Sink`, never committing
-//! offsets to Kafka.
+//! The consuming side of a sink: a consumer-group member on one read model's topic that
+//! reads (read_committed), decodes rows and progress records, batches and hands batches to
+//! a `SinkFor<M>`, never committing offsets to Kafka.
 //!
 //! Exactly once, without Kafka's offsets: on every assignment the rebalance callback reads
 //! the partitions' next offsets from the store and assigns them explicitly; each batch
@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pulseline_schemas::AvroCodec;
-use pulseline_schemas::records::RollupUpsert;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -31,7 +30,8 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::error::SinkError;
-use crate::sink::{OffsetScope, PartitionSpan, RollupBatch, RollupRow, Sink};
+use crate::sink::{Batch, Item, OffsetScope, PartitionSpan, Sink, SinkFor};
+use crate::tables::StoredReadModel;
 use crate::telemetry::{
     ApplyFailed, BatchApplied, BatchDiscarded, InvalidRecordSeen, OffsetConflictSeen, SinkTelemetry,
 };
@@ -44,12 +44,64 @@ const APPLY_ATTEMPTS: u32 = 5;
 const DECODE_ATTEMPTS: u32 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// Builds the runner of any read model from what they share (`crate::read_model_runners`).
+#[derive(Debug, Clone)]
+pub struct RunnerFactory {
+    pub settings: RunnerSettings,
+    pub topic_prefix: String,
+    pub codec: AvroCodec,
+    pub telemetry: SinkTelemetry,
+}
+
+impl RunnerFactory {
+    /// The runner of read model `M`: on `M`'s topic, writing to `store`.
+    pub fn runner<M: StoredReadModel>(
+        &self,
+        store: &crate::Store,
+    ) -> Result<Arc<dyn ReadModelRunner>, SinkError> {
+        let settings = RunnerSettings {
+            topic: pulseline_schemas::topics::prefixed(&self.topic_prefix, M::TOPIC),
+            ..self.settings.clone()
+        };
+        Ok(Arc::new(SinkRunner::<M>::new(
+            settings,
+            store.sink_for::<M>(),
+            self.codec.clone(),
+            self.telemetry.clone(),
+        )?))
+    }
+}
+
+/// A runner of some read model, as the registration list holds it.
+pub trait ReadModelRunner: Send + Sync + std::fmt::Debug {
+    /// The read model's name.
+    fn read_model(&self) -> &'static str;
+    /// Consumes until `shutdown` completes (see `SinkRunner::run`).
+    fn run<'a>(
+        &'a self,
+        shutdown: futures::future::BoxFuture<'a, ()>,
+    ) -> futures::future::BoxFuture<'a, Result<(), SinkError>>;
+}
+
+impl<M: StoredReadModel> ReadModelRunner for SinkRunner<M> {
+    fn read_model(&self) -> &'static str {
+        M::NAME
+    }
+
+    fn run<'a>(
+        &'a self,
+        shutdown: futures::future::BoxFuture<'a, ()>,
+    ) -> futures::future::BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(SinkRunner::run(self, shutdown))
+    }
+}
+
 /// What the runner needs besides the sink; built from `SinkConfig`.
 #[derive(Debug, Clone)]
 pub struct RunnerSettings {
     pub kafka_bootstrap: String,
     pub group_id: String,
-    /// The deployed (prefixed) rollups topic.
+    /// The deployed (prefixed) read-model topic.
     pub topic: String,
     /// The deployed (prefixed) dead-letter topic.
     pub dead_letter_topic: String,
@@ -57,29 +109,30 @@ pub struct RunnerSettings {
     pub batch_linger: Duration,
 }
 
-/// Feeds one `Sink` from the rollups topic until told to stop.
-pub struct SinkRunner {
+/// Feeds one store with read model `M` from its topic until told to stop.
+pub struct SinkRunner<M: StoredReadModel> {
     settings: RunnerSettings,
-    sink: Arc<dyn Sink>,
+    sink: Arc<dyn SinkFor<M>>,
     codec: AvroCodec,
     telemetry: SinkTelemetry,
     dead_letters: FutureProducer,
 }
 
-impl std::fmt::Debug for SinkRunner {
+impl<M: StoredReadModel> std::fmt::Debug for SinkRunner<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SinkRunner")
+            .field("read_model", &M::NAME)
             .field("settings", &self.settings)
             .field("sink", &self.sink)
             .finish_non_exhaustive()
     }
 }
 
-impl SinkRunner {
+impl<M: StoredReadModel> SinkRunner<M> {
     /// Creates the dead-letter producer; opens no consumer yet.
     pub fn new(
         settings: RunnerSettings,
-        sink: Arc<dyn Sink>,
+        sink: Arc<dyn SinkFor<M>>,
         codec: AvroCodec,
         telemetry: SinkTelemetry,
     ) -> Result<Self, SinkError> {
@@ -149,7 +202,7 @@ impl SinkRunner {
         mut shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
     ) -> Result<(), SinkError> {
         let context = AssignmentContext {
-            sink: self.sink.clone(),
+            sink: self.sink.clone() as Arc<dyn Sink>,
             scope: self.scope(),
             runtime: Handle::current(),
             state: Mutex::new(AssignmentState::default()),
@@ -235,14 +288,14 @@ impl SinkRunner {
             });
             return Ok(());
         }
-        let mut batch = RollupBatch {
-            rows: Vec::with_capacity(records.len()),
+        let mut batch = Batch::<M> {
+            items: Vec::with_capacity(records.len()),
             spans,
         };
         let mut dead = Vec::new();
         for record in &records {
             match self.decode(record).await? {
-                Ok(row) => batch.rows.push(row),
+                Ok(item) => batch.items.push(item),
                 Err((reason, detail, header)) => {
                     self.telemetry.emit(InvalidRecordSeen {
                         partition: record.partition,
@@ -304,15 +357,15 @@ impl SinkRunner {
     async fn decode(
         &self,
         record: &RawRecord,
-    ) -> Result<Result<RollupRow, (&'static str, &'static str, String)>, SinkError> {
+    ) -> Result<Result<Item<M>, (&'static str, &'static str, String)>, SinkError> {
         let Some(payload) = record.payload.as_deref() else {
             return Ok(Err(("undecodable", "null payload", "null payload".into())));
         };
         let mut attempt = 0;
-        let upsert = loop {
+        let decoded = loop {
             attempt += 1;
-            match self.codec.decode::<RollupUpsert>(payload).await {
-                Ok(upsert) => break upsert,
+            match self.codec.decode_read_model::<M>(payload).await {
+                Ok(decoded) => break decoded,
                 Err(e) if e.is_retryable() && attempt < DECODE_ATTEMPTS => {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -320,13 +373,13 @@ impl SinkRunner {
                 Err(e) => {
                     return Ok(Err((
                         "undecodable",
-                        "not a decodable RollupUpsert",
+                        "not a decodable row or progress record of this read model",
                         e.to_string(),
                     )));
                 }
             }
         };
-        Ok(RollupRow::parse(upsert).map_err(|e| ("invalid", e.0, e.0.to_owned())))
+        Ok(Item::parse(decoded).map_err(|e| ("invalid", e.0, e.0.to_owned())))
     }
 
     /// Copies an unusable record to the dead-letter topic with where it came from and why.

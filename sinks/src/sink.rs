@@ -1,6 +1,6 @@
-//! The `Sink` trait: what a read store must do so the runner can feed it exactly once,
+//! The `Sink` traits: what a read store must do so the runner can feed it exactly once,
 //! and the parsed rows it is fed. One implementation per engine (Postgres now, ScyllaDB
-//! later), chosen by the URL in the config (`crate::connect`), as tansu chooses storage.
+//! later), chosen by the URL in the config (`crate::open`), as tansu chooses storage.
 //!
 //! A sink never talks to Kafka; the runner never writes to a store. The contract between
 //! them is positional: a batch carries, per partition, the offset it was read from and the
@@ -10,12 +10,12 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use futures::future::BoxFuture;
-use pulseline_schemas::records::{Period, RollupUpsert};
+use pulseline_schemas::{AppliedSeqs, ReadModelProgress, ReadModelRecord};
 use uuid::Uuid;
 
 use crate::error::SinkError;
+use crate::tables::StoredReadModel;
 
 /// Whose offsets: a consumer name (the group id) and the deployed topic name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,88 +34,122 @@ pub struct PartitionSpan {
     pub next_offset: i64,
 }
 
-/// A decoded, validated rollup upsert. Built only by `RollupRow::parse`, so a sink never
-/// sees an unparsable user id or bucket start.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RollupRow {
-    pub user_id: Uuid,
-    pub metric: String,
-    pub period: Period,
-    /// Local wall-clock start of the bucket (midnight for DAY).
-    pub bucket_start: NaiveDateTime,
-    pub version: i64,
-    pub deleted: bool,
-    pub value: Option<f64>,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub count: i64,
-    pub sources: Vec<String>,
-    /// The user's samples sequence the processor had applied when it emitted this row.
-    pub applied_seq: i64,
-}
-
 /// Why a record cannot become a row. The reason names the field, never its value (PHI).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidRecord(pub &'static str);
 
-impl RollupRow {
+/// A decoded, validated row of read model `M`. Built only by `parse`, so a store never
+/// sees an unparsable user id or key.
+#[derive(Debug, Clone)]
+pub struct StoredRow<M: StoredReadModel> {
+    pub user_id: Uuid,
+    pub key: M::Key,
+    pub version: i64,
+    pub applied: AppliedSeqs,
+    /// The row as the store writes it.
+    pub columns: M::Columns,
+}
+
+impl<M: StoredReadModel> StoredRow<M> {
     /// Parses a record from the topic; refuses what no read store could hold.
-    pub fn parse(r: RollupUpsert) -> Result<Self, InvalidRecord> {
-        let user_id =
-            Uuid::parse_str(&r.user_id).map_err(|_| InvalidRecord("userId is not a UUID"))?;
-        if r.metric.is_empty() {
-            return Err(InvalidRecord("metric is empty"));
-        }
-        let bucket_start = parse_bucket_start(r.period, &r.bucket_start)?;
+    pub fn parse(record: M) -> Result<Self, InvalidRecord> {
+        let user_id = parse_user(record.user_id())?;
         Ok(Self {
             user_id,
-            metric: r.metric,
-            period: r.period,
-            bucket_start,
-            version: r.version,
-            deleted: r.deleted,
-            value: r.value,
-            min: r.min,
-            max: r.max,
-            count: r.count,
-            sources: r.sources,
-            applied_seq: r.applied_seq,
+            key: record.row_key(),
+            version: record.version(),
+            applied: record.applied(),
+            columns: M::columns(&record, user_id)?,
+        })
+    }
+}
+
+/// A user's progress on one read model: the sequences it reflects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserProgress {
+    pub user_id: Uuid,
+    pub applied: AppliedSeqs,
+}
+
+impl UserProgress {
+    pub fn parse(p: &ReadModelProgress) -> Result<Self, InvalidRecord> {
+        Ok(Self {
+            user_id: parse_user(&p.user_id)?,
+            applied: p.applied(),
+        })
+    }
+}
+
+fn parse_user(text: &str) -> Result<Uuid, InvalidRecord> {
+    Uuid::parse_str(text).map_err(|_| InvalidRecord("userId is not a UUID"))
+}
+
+/// One usable record of a read-model topic.
+#[derive(Debug, Clone)]
+pub enum Item<M: StoredReadModel> {
+    Row(StoredRow<M>),
+    Progress(UserProgress),
+}
+
+impl<M: StoredReadModel> Item<M> {
+    pub fn parse(record: ReadModelRecord<M>) -> Result<Self, InvalidRecord> {
+        match record {
+            ReadModelRecord::Row(r) => StoredRow::parse(r).map(Item::Row),
+            ReadModelRecord::Progress(p) => {
+                if p.read_model != M::NAME {
+                    return Err(InvalidRecord("readModel is not this topic's read model"));
+                }
+                UserProgress::parse(&p).map(Item::Progress)
+            }
+        }
+    }
+}
+
+/// What one batch brings: rows and progress in topic order, and each partition's span. A
+/// batch may have spans without items (every record in it was unusable): its offsets
+/// still move.
+#[derive(Debug, Clone)]
+pub struct Batch<M: StoredReadModel> {
+    pub items: Vec<Item<M>>,
+    pub spans: Vec<PartitionSpan>,
+}
+
+impl<M: StoredReadModel> Default for Batch<M> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            spans: Vec::new(),
+        }
+    }
+}
+
+impl<M: StoredReadModel> Batch<M> {
+    pub fn rows(&self) -> impl Iterator<Item = &StoredRow<M>> {
+        self.items.iter().filter_map(|i| match i {
+            Item::Row(r) => Some(r),
+            Item::Progress(_) => None,
         })
     }
 
-    /// The read-model key; two rows with the same key are versions of one row.
-    pub fn key(&self) -> (Uuid, &str, Period, NaiveDateTime) {
-        (self.user_id, &self.metric, self.period, self.bucket_start)
-    }
-}
-
-/// `YYYY-MM-DD` for DAY, `YYYY-MM-DDTHH:00:00` for HOUR (a bucket starts on the hour).
-fn parse_bucket_start(period: Period, text: &str) -> Result<NaiveDateTime, InvalidRecord> {
-    match period {
-        Period::Day => NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .map(|d| d.and_time(NaiveTime::MIN))
-            .map_err(|_| InvalidRecord("bucketStart of a DAY bucket is not YYYY-MM-DD")),
-        Period::Hour => {
-            let t = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S").map_err(|_| {
-                InvalidRecord("bucketStart of an HOUR bucket is not YYYY-MM-DDTHH:00:00")
-            })?;
-            if t.and_utc().timestamp() % 3600 != 0 {
-                return Err(InvalidRecord(
-                    "bucketStart of an HOUR bucket is not on the hour",
-                ));
-            }
-            Ok(t)
+    /// Each user's highest applied sequences in the batch, from rows and progress records
+    /// alike, for the streams `M` reads.
+    pub fn progress(&self) -> Vec<UserProgress> {
+        let mut highest: std::collections::BTreeMap<Uuid, AppliedSeqs> = Default::default();
+        for item in &self.items {
+            let (user, applied) = match item {
+                Item::Row(r) => (r.user_id, r.applied),
+                Item::Progress(p) => (p.user_id, p.applied),
+            };
+            let seqs = highest.entry(user).or_default();
+            seqs.samples = seqs.samples.max(applied.samples);
+            seqs.events = seqs.events.max(applied.events);
         }
+        highest
+            .into_iter()
+            .map(|(user_id, applied)| UserProgress { user_id, applied })
+            .collect()
     }
-}
-
-/// What one batch brings: rows in topic order and each partition's span. A batch may have
-/// spans without rows (every record in it was unusable): its offsets still move.
-#[derive(Debug, Clone, Default)]
-pub struct RollupBatch {
-    pub rows: Vec<RollupRow>,
-    pub spans: Vec<PartitionSpan>,
 }
 
 /// What applying a batch did.
@@ -128,7 +162,7 @@ pub struct Applied {
     pub stale_skipped: u64,
 }
 
-/// A read store the runner feeds. Implementations are cheap to share (`Arc<dyn Sink>`).
+/// A read store, whatever it stores. Implementations are cheap to share.
 pub trait Sink: Send + Sync + fmt::Debug {
     /// The engine's name, for logs and metrics (`postgres`, `scylla`).
     fn engine(&self) -> &'static str;
@@ -141,66 +175,18 @@ pub trait Sink: Send + Sync + fmt::Debug {
         partitions: &'a [i32],
     ) -> BoxFuture<'a, Result<HashMap<i32, i64>, SinkError>>;
 
+    /// Whether the store answers (readiness).
+    fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>>;
+}
+
+/// A read store that can hold read model `M`.
+pub trait SinkFor<M: StoredReadModel>: Sink {
     /// Writes the batch's rows (version-guarded), the users' progress and the spans' new
     /// offsets, all or nothing. Refuses with `OffsetConflict`, writing nothing, when a
     /// span's stored offset is not its `expected` one.
     fn apply<'a>(
         &'a self,
         scope: &'a OffsetScope,
-        batch: &'a RollupBatch,
+        batch: &'a Batch<M>,
     ) -> BoxFuture<'a, Result<Applied, SinkError>>;
-
-    /// Whether the store answers (readiness).
-    fn ping(&self) -> BoxFuture<'_, Result<(), SinkError>>;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn upsert(period: Period, bucket: &str) -> RollupUpsert {
-        RollupUpsert {
-            user_id: Uuid::nil().to_string(),
-            metric: "STEPS".into(),
-            period,
-            bucket_start: bucket.into(),
-            version: 1,
-            deleted: false,
-            value: Some(1.0),
-            min: None,
-            max: None,
-            count: 1,
-            sources: vec![],
-            applied_seq: 1,
-        }
-    }
-
-    #[test]
-    fn parses_day_and_hour_buckets() {
-        let d = RollupRow::parse(upsert(Period::Day, "2026-11-23")).unwrap();
-        assert_eq!(d.bucket_start.to_string(), "2026-11-23 00:00:00");
-        let h = RollupRow::parse(upsert(Period::Hour, "2026-11-23T05:00:00")).unwrap();
-        assert_eq!(h.bucket_start.to_string(), "2026-11-23 05:00:00");
-    }
-
-    #[test]
-    fn refuses_unusable_records() {
-        for (period, bucket) in [
-            (Period::Day, "2026-11-23T00:00:00"),
-            (Period::Day, "2026-02-30"),
-            (Period::Hour, "2026-11-23"),
-            (Period::Hour, "2026-11-23T05:30:00"),
-        ] {
-            assert!(
-                RollupRow::parse(upsert(period, bucket)).is_err(),
-                "{bucket}"
-            );
-        }
-        let mut bad_user = upsert(Period::Day, "2026-11-23");
-        bad_user.user_id = "someone".into();
-        assert_eq!(
-            RollupRow::parse(bad_user),
-            Err(InvalidRecord("userId is not a UUID"))
-        );
-    }
 }

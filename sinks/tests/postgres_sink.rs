@@ -5,8 +5,10 @@
 mod support;
 
 use pulseline_schemas::records::{Period, RollupUpsert};
+use pulseline_schemas::{AppliedSeqs, ReadModelProgress};
 use pulseline_sinks::{
-    Applied, OffsetScope, PartitionSpan, PostgresSink, RollupBatch, RollupRow, Sink, SinkError,
+    Applied, Batch, Item, OffsetScope, PartitionSpan, PostgresSink, Sink, SinkError, SinkFor,
+    StoredRow, UserProgress,
 };
 use support::{Harness, Observed, upsert};
 use uuid::Uuid;
@@ -18,12 +20,12 @@ fn scope() -> OffsetScope {
     }
 }
 
-fn batch(records: &[RollupUpsert], expected: Option<i64>, next_offset: i64) -> RollupBatch {
-    RollupBatch {
-        rows: records
+fn batch(records: &[RollupUpsert], expected: Option<i64>, next_offset: i64) -> Batch<RollupUpsert> {
+    Batch {
+        items: records
             .iter()
             .cloned()
-            .map(|r| RollupRow::parse(r).expect("valid record"))
+            .map(|r| Item::Row(StoredRow::parse(r).expect("valid record")))
             .collect(),
         spans: vec![PartitionSpan {
             partition: 0,
@@ -233,8 +235,8 @@ async fn progress_only_rises_and_is_per_user() {
 async fn a_batch_of_only_unusable_records_still_moves_its_offsets() {
     let h = Harness::database_only().await;
     let sink = PostgresSink::from_pool(h.pool.clone());
-    let empty = RollupBatch {
-        rows: vec![],
+    let empty = Batch::<RollupUpsert> {
+        items: vec![],
         spans: vec![
             PartitionSpan {
                 partition: 3,
@@ -249,7 +251,9 @@ async fn a_batch_of_only_unusable_records_still_moves_its_offsets() {
         ],
     };
     assert_eq!(
-        sink.apply(&scope(), &empty).await.unwrap(),
+        SinkFor::<RollupUpsert>::apply(&sink, &scope(), &empty)
+            .await
+            .unwrap(),
         Applied::default()
     );
     let mut stored: Vec<_> = sink
@@ -265,11 +269,57 @@ async fn a_batch_of_only_unusable_records_still_moves_its_offsets() {
 #[tokio::test]
 async fn the_url_scheme_chooses_the_engine() {
     let h = Harness::database_only().await;
-    let sink = pulseline_sinks::open(&h.db.url, 1).await.unwrap();
+    let sink = pulseline_sinks::open(&h.db.url, 1).await.unwrap().sink();
     assert_eq!(sink.engine(), "postgres");
     sink.ping().await.unwrap();
     for url in ["scylla://127.0.0.1:9042/pulseline", "mysql://x/y"] {
         let err = pulseline_sinks::open(url, 1).await.unwrap_err();
         assert!(matches!(err, SinkError::Config(_)), "{err}");
     }
+}
+
+#[tokio::test]
+async fn a_progress_record_alone_raises_progress_and_writes_no_row() {
+    let h = Harness::database_only().await;
+    let sink = PostgresSink::from_pool(h.pool.clone());
+    let user = Uuid::new_v4();
+    let progress = ReadModelProgress::new(
+        &user.to_string(),
+        "rollups",
+        AppliedSeqs {
+            samples: 7,
+            events: 3,
+        },
+    );
+    let batch = Batch::<RollupUpsert> {
+        items: vec![Item::Progress(UserProgress::parse(&progress).unwrap())],
+        spans: vec![PartitionSpan {
+            partition: 0,
+            expected: None,
+            next_offset: 1,
+        }],
+    };
+    let applied = sink.apply(&scope(), &batch).await.unwrap();
+    assert_eq!(applied, Applied::default());
+    assert!(h.rows().await.is_empty());
+    // Only the streams the read model reads: rollups read samples, not events.
+    let stored: Vec<(i16, i64)> = sqlx::query_as(
+        "SELECT stream, applied_seq FROM sink_progress WHERE user_id = $1 AND read_model = 'rollups'",
+    )
+    .bind(user)
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, vec![(1, 7)]);
+}
+
+#[test]
+fn a_progress_record_of_another_read_model_is_refused() {
+    let p = ReadModelProgress::new(
+        &Uuid::new_v4().to_string(),
+        "sleep_nights",
+        AppliedSeqs::default(),
+    );
+    let parsed = Item::<RollupUpsert>::parse(pulseline_schemas::ReadModelRecord::Progress(p));
+    assert!(parsed.is_err());
 }

@@ -53,7 +53,10 @@ fn minute_steps(users: usize, minutes: i64) -> Vec<SampleChange> {
 }
 
 fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn measure(transactions: bool) -> f64 {

@@ -6,7 +6,7 @@
 //! It owns the per-user bookkeeping (`UserMeta`: last applied change id per stream and the
 //! event-time watermark); it must never do I/O.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -14,7 +14,11 @@ use futures::future::BoxFuture;
 use pulseline_schemas::{AvroCodec, AvroRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::processor::{Applied, Context, Input, Processor, Rejection, Stream};
+use pulseline_schemas::{ReadModel, ReadModelProgress};
+
+use crate::processor::{
+    Applied, ChangeId, Context, Flush, Input, KeyOf, Processor, Rejection, Stream,
+};
 use crate::state::{self, ChangelogEntry, State, StateError};
 
 /// Microseconds per day.
@@ -60,11 +64,25 @@ pub struct UserMeta {
     pub watermark: Option<i64>,
 }
 
-#[derive(Debug, Default)]
-struct UserSlot<S> {
+#[derive(Debug)]
+struct UserSlot<S, K> {
     state: S,
     meta: UserMeta,
+    /// A change of this batch was consumed (applied or dead-lettered): report progress.
     touched: bool,
+    /// Rows touched in this batch, with the newest change that touched each.
+    rows: BTreeMap<K, ChangeId>,
+}
+
+impl<S: Default, K> Default for UserSlot<S, K> {
+    fn default() -> Self {
+        Self {
+            state: S::default(),
+            meta: UserMeta::default(),
+            touched: false,
+            rows: BTreeMap::new(),
+        }
+    }
 }
 
 /// Changelog key layout: `[tag][user id][0x00][state sub-key]`. User ids never contain NUL
@@ -96,18 +114,27 @@ pub fn changelog_user(key: &[u8]) -> Option<&str> {
 /// What one batch produced for one processor and partition.
 #[derive(Debug)]
 pub struct BatchOutput<O> {
-    /// Read-model upserts, in emission order.
+    /// Read-model rows, versioned and stamped, per user in key order.
     pub outputs: Vec<O>,
+    /// One progress record per user whose changes the batch consumed. Written after
+    /// `outputs` (the same partition per user), so a sink never sees progress before rows.
+    pub progress: Vec<ReadModelProgress>,
     /// Changed state entries. Written before `meta`.
     pub state: Vec<ChangelogEntry>,
     /// Changed per-user bookkeeping (last applied change ids, watermark), written after
     /// `state` in the same batch.
     pub meta: Vec<ChangelogEntry>,
+    /// Breaches of the `flush` contract (a touched row not rendered, a row emitted that
+    /// was not touched): processor bugs, reported by the runtime and failed by the harness.
+    pub violations: Vec<String>,
 }
 
 impl<O> BatchOutput<O> {
     pub fn is_empty(&self) -> bool {
-        self.outputs.is_empty() && self.state.is_empty() && self.meta.is_empty()
+        self.outputs.is_empty()
+            && self.progress.is_empty()
+            && self.state.is_empty()
+            && self.meta.is_empty()
     }
 }
 
@@ -116,8 +143,10 @@ impl<O> BatchOutput<O> {
 pub struct PartitionTask<P: Processor> {
     processor: Arc<P>,
     config: EngineConfig,
-    users: HashMap<String, UserSlot<P::State>>,
+    users: HashMap<String, UserSlot<P::State, KeyOf<P>>>,
     touched: Vec<String>,
+    /// Scratch for the keys one `apply` touches (kept only if it succeeds).
+    keys: Vec<KeyOf<P>>,
 }
 
 impl<P: Processor> PartitionTask<P> {
@@ -127,14 +156,15 @@ impl<P: Processor> PartitionTask<P> {
             config,
             users: HashMap::new(),
             touched: Vec::new(),
+            keys: Vec::new(),
         }
     }
 
-    /// Applies one record: dedup by change id, lateness, then the processor. Outputs
-    /// emitted by `apply` are kept until `finish_batch`.
-    pub fn apply(&mut self, input: &Input, outputs: &mut Vec<P::Output>) -> Outcome {
+    /// Applies one record: dedup by change id, lateness, then the processor. The rows it
+    /// touches are rendered in `finish_batch`.
+    pub fn apply(&mut self, input: &Input) -> Outcome {
         let stream = input.stream();
-        if !self.processor.inputs().contains(&stream) {
+        if !<P::Output as ReadModel>::STREAMS.contains(&stream) {
             return Outcome::NotAnInput;
         }
         let change = input.change_id();
@@ -163,9 +193,14 @@ impl<P: Processor> PartitionTask<P> {
         } else {
             let mut applied = slot.meta.applied;
             applied.set(stream, change);
-            let mut ctx = Context::new(user, Some(change), applied, outputs);
+            self.keys.clear();
+            let mut ctx = Context::new(user, change, applied, &mut self.keys);
             match self.processor.apply(&mut ctx, &mut slot.state, input) {
                 Ok(()) => {
+                    for key in self.keys.drain(..) {
+                        let newest = slot.rows.entry(key).or_insert(change);
+                        *newest = (*newest).max(change);
+                    }
                     slot.meta.watermark = Some(
                         slot.meta
                             .watermark
@@ -186,36 +221,68 @@ impl<P: Processor> PartitionTask<P> {
         outcome
     }
 
-    /// Ends a batch: `flush` for every touched user, then the changelog entries.
-    pub fn finish_batch(&mut self, mut outputs: Vec<P::Output>) -> BatchOutput<P::Output> {
-        let mut state_entries = Vec::new();
-        let mut meta_entries = Vec::new();
+    /// Ends a batch: for every touched user, `flush` renders the touched rows, the runtime
+    /// stamps them, then the user's progress and changelog entries follow.
+    pub fn finish_batch(&mut self) -> Result<BatchOutput<P::Output>, StateError> {
+        let mut out = BatchOutput {
+            outputs: Vec::new(),
+            progress: Vec::new(),
+            state: Vec::new(),
+            meta: Vec::new(),
+            violations: Vec::new(),
+        };
         let mut sub = Vec::new();
+        let mut rendered = BTreeMap::new();
         for user in std::mem::take(&mut self.touched) {
             let Some(slot) = self.users.get_mut(&user) else {
                 continue;
             };
             slot.touched = false;
-            let mut ctx = Context::new(&user, None, slot.meta.applied, &mut outputs);
-            self.processor.flush(&mut ctx, &mut slot.state);
+            let applied = slot.meta.applied.seqs();
+            if !slot.rows.is_empty() {
+                let touched = std::mem::take(&mut slot.rows);
+                self.processor.flush(
+                    &mut Flush::new(&user, &touched, &mut rendered),
+                    &mut slot.state,
+                );
+                for (key, change) in touched {
+                    match rendered.remove(&key) {
+                        Some(mut row) => {
+                            row.stamp(change.version(), applied);
+                            out.outputs.push(row);
+                        }
+                        None => out.violations.push(format!(
+                            "{}: touched row {key:?} was not rendered by flush",
+                            P::NAME
+                        )),
+                    }
+                }
+                for key in std::mem::take(&mut rendered).into_keys() {
+                    out.violations.push(format!(
+                        "{}: flush emitted row {key:?}, which no change of the batch touched",
+                        P::NAME
+                    ));
+                }
+            }
+            out.progress.push(ReadModelProgress::new(
+                &user,
+                <P::Output as ReadModel>::NAME,
+                applied,
+            ));
             sub.clear();
-            slot.state.drain_changes(&mut sub);
+            slot.state.drain_changes(&mut sub)?;
             for e in sub.drain(..) {
-                state_entries.push(ChangelogEntry {
+                out.state.push(ChangelogEntry {
                     key: changelog_key(TAG_STATE, &user, &e.key),
                     value: e.value,
                 });
             }
-            meta_entries.push(ChangelogEntry {
+            out.meta.push(ChangelogEntry {
                 key: changelog_key(TAG_META, &user, &[]),
-                value: Some(state::encode(&slot.meta)),
+                value: Some(state::encode("user meta", &slot.meta)?),
             });
         }
-        BatchOutput {
-            outputs,
-            state: state_entries,
-            meta: meta_entries,
-        }
+        Ok(out)
     }
 
     /// Replays one changelog entry (partition assignment).
@@ -271,21 +338,47 @@ pub trait EncodeOutput: Send + Sync + Debug {
     ) -> BoxFuture<'a, Result<Vec<u8>, pulseline_schemas::Error>>;
 }
 
-impl<R: AvroRecord + Debug + 'static> EncodeOutput for R {
+/// A row of read model `M`.
+#[derive(Debug)]
+struct RowOut<M>(M);
+
+impl<M: ReadModel> EncodeOutput for RowOut<M> {
     fn user_id(&self) -> &str {
-        AvroRecord::user_id(self)
+        AvroRecord::user_id(&self.0)
     }
     fn key(&self) -> String {
-        AvroRecord::key(self)
+        AvroRecord::key(&self.0)
     }
     fn topic(&self) -> &'static str {
-        R::TOPIC
+        M::TOPIC
     }
     fn encode<'a>(
         &'a self,
         codec: &'a AvroCodec,
     ) -> BoxFuture<'a, Result<Vec<u8>, pulseline_schemas::Error>> {
-        Box::pin(codec.encode(self))
+        Box::pin(codec.encode(&self.0))
+    }
+}
+
+/// A progress record on read model `M`'s topic.
+#[derive(Debug)]
+struct ProgressOut<M>(ReadModelProgress, std::marker::PhantomData<fn() -> M>);
+
+impl<M: ReadModel> EncodeOutput for ProgressOut<M> {
+    fn user_id(&self) -> &str {
+        &self.0.user_id
+    }
+    fn key(&self) -> String {
+        self.0.key().to_owned()
+    }
+    fn topic(&self) -> &'static str {
+        M::TOPIC
+    }
+    fn encode<'a>(
+        &'a self,
+        codec: &'a AvroCodec,
+    ) -> BoxFuture<'a, Result<Vec<u8>, pulseline_schemas::Error>> {
+        Box::pin(codec.encode_progress::<M>(&self.0))
     }
 }
 
@@ -298,10 +391,11 @@ pub trait DynProcessor: Send + Sync + Debug {
     fn new_task(&self, config: EngineConfig) -> Box<dyn DynTask>;
 }
 
-/// A `PartitionTask` as the runtime holds it.
+/// A `PartitionTask` as the runtime holds it. `finish_batch` puts the rows first, then the
+/// progress records, in `outputs`.
 pub trait DynTask: Send + Debug {
     fn apply(&mut self, input: &Input) -> Outcome;
-    fn finish_batch(&mut self) -> BatchOutput<Box<dyn EncodeOutput>>;
+    fn finish_batch(&mut self) -> Result<BatchOutput<Box<dyn EncodeOutput>>, StateError>;
     fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError>;
     fn user_count(&self) -> usize;
 }
@@ -312,7 +406,6 @@ struct Registered<P>(Arc<P>);
 #[derive(Debug)]
 struct ErasedTask<P: Processor> {
     task: PartitionTask<P>,
-    pending: Vec<P::Output>,
 }
 
 impl<P: Processor> DynProcessor for Registered<P> {
@@ -320,7 +413,7 @@ impl<P: Processor> DynProcessor for Registered<P> {
         P::NAME
     }
     fn inputs(&self) -> &'static [Stream] {
-        self.0.inputs()
+        <P::Output as ReadModel>::STREAMS
     }
     fn output_topic(&self) -> &'static str {
         <P::Output as AvroRecord>::TOPIC
@@ -328,26 +421,33 @@ impl<P: Processor> DynProcessor for Registered<P> {
     fn new_task(&self, config: EngineConfig) -> Box<dyn DynTask> {
         Box::new(ErasedTask {
             task: PartitionTask::new(self.0.clone(), config),
-            pending: Vec::new(),
         })
     }
 }
 
 impl<P: Processor> DynTask for ErasedTask<P> {
     fn apply(&mut self, input: &Input) -> Outcome {
-        self.task.apply(input, &mut self.pending)
+        self.task.apply(input)
     }
-    fn finish_batch(&mut self) -> BatchOutput<Box<dyn EncodeOutput>> {
-        let out = self.task.finish_batch(std::mem::take(&mut self.pending));
-        BatchOutput {
-            outputs: out
-                .outputs
-                .into_iter()
-                .map(|o| Box::new(o) as Box<dyn EncodeOutput>)
-                .collect(),
+    fn finish_batch(&mut self) -> Result<BatchOutput<Box<dyn EncodeOutput>>, StateError> {
+        let out = self.task.finish_batch()?;
+        let rows = out
+            .outputs
+            .into_iter()
+            .map(|o| Box::new(RowOut(o)) as Box<dyn EncodeOutput>);
+        let progress = out.progress.iter().map(|p| {
+            Box::new(ProgressOut::<P::Output>(
+                p.clone(),
+                std::marker::PhantomData,
+            )) as Box<dyn EncodeOutput>
+        });
+        Ok(BatchOutput {
+            outputs: rows.chain(progress).collect(),
+            progress: out.progress,
             state: out.state,
             meta: out.meta,
-        }
+            violations: out.violations,
+        })
     }
     fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError> {
         self.task.restore(key, value)

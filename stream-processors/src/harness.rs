@@ -6,38 +6,21 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use pulseline_schemas::AvroRecord;
-use pulseline_schemas::records::{RollupUpsert, SessionImpactUpsert, SleepNightUpsert};
+use pulseline_schemas::{AvroRecord, ReadModel, ReadModelProgress};
 
 use crate::engine::{EngineConfig, Outcome, PartitionTask};
 use crate::processor::{Input, Processor};
 use crate::state::ChangelogEntry;
 
-/// A read-model row as sinks see it: versioned, possibly a deletion.
-pub trait VersionedRow: AvroRecord {
-    fn version(&self) -> i64;
-    fn deleted(&self) -> bool;
-}
-
-macro_rules! versioned_row {
-    ($($t:ty),*) => {$(
-        impl VersionedRow for $t {
-            fn version(&self) -> i64 { self.version }
-            fn deleted(&self) -> bool { self.deleted }
-        }
-    )*};
-}
-versioned_row!(RollupUpsert, SleepNightUpsert, SessionImpactUpsert);
-
 /// What a version-guarded sink holds after applying `rows` in any order: per key, the row
 /// with the highest version (on equal versions, the later one: equal versions carry equal
 /// content when processing is deterministic). Deleted rows are dropped at the end.
-pub fn fold_read_model<'a, O: VersionedRow + Clone + 'a>(
-    rows: impl IntoIterator<Item = &'a O>,
-) -> BTreeMap<String, O> {
-    let mut latest: BTreeMap<String, O> = BTreeMap::new();
+pub fn fold_read_model<'a, M: ReadModel>(
+    rows: impl IntoIterator<Item = &'a M>,
+) -> BTreeMap<String, M> {
+    let mut latest: BTreeMap<String, M> = BTreeMap::new();
     for row in rows {
-        let key = row.key();
+        let key = AvroRecord::key(row);
         if latest
             .get(&key)
             .is_none_or(|held| held.version() <= row.version())
@@ -45,7 +28,7 @@ pub fn fold_read_model<'a, O: VersionedRow + Clone + 'a>(
             latest.insert(key, row.clone());
         }
     }
-    latest.retain(|_, r| !r.deleted());
+    latest.retain(|_, r| !r.is_deleted());
     latest
 }
 
@@ -57,6 +40,7 @@ pub struct Harness<P: Processor> {
     task: PartitionTask<P>,
     changelog: Vec<ChangelogEntry>,
     outputs: Vec<P::Output>,
+    progress: Vec<ReadModelProgress>,
 }
 
 impl<P: Processor> Harness<P> {
@@ -72,20 +56,27 @@ impl<P: Processor> Harness<P> {
             config,
             changelog: Vec::new(),
             outputs: Vec::new(),
+            progress: Vec::new(),
         }
     }
 
-    /// Processes one batch; returns each record's outcome and the batch's outputs.
+    /// Processes one batch; returns each record's outcome and the batch's rows. Panics on
+    /// a breach of the `flush` contract or a state that cannot be encoded (test support).
     pub fn batch(
         &mut self,
         inputs: impl IntoIterator<Item = Input>,
     ) -> (Vec<Outcome>, &[P::Output]) {
-        let mut pending = Vec::new();
-        let outcomes: Vec<Outcome> = inputs
-            .into_iter()
-            .map(|i| self.task.apply(&i, &mut pending))
-            .collect();
-        let out = self.task.finish_batch(pending);
+        let outcomes: Vec<Outcome> = inputs.into_iter().map(|i| self.task.apply(&i)).collect();
+        let out = self
+            .task
+            .finish_batch()
+            .unwrap_or_else(|e| panic!("finishing a batch: {e}"));
+        assert!(
+            out.violations.is_empty(),
+            "flush contract breached: {:?}",
+            out.violations
+        );
+        self.progress.extend(out.progress);
         self.changelog.extend(out.state);
         self.changelog.extend(out.meta);
         let first = self.outputs.len();
@@ -121,6 +112,11 @@ impl<P: Processor> Harness<P> {
         &self.outputs
     }
 
+    /// Every progress record emitted so far, in order.
+    pub fn progress(&self) -> &[ReadModelProgress] {
+        &self.progress
+    }
+
     /// Every changelog entry written so far, in order.
     pub fn changelog(&self) -> &[ChangelogEntry] {
         &self.changelog
@@ -131,10 +127,7 @@ impl<P: Processor> Harness<P> {
     }
 }
 
-impl<P: Processor> Harness<P>
-where
-    P::Output: VersionedRow + Clone,
-{
+impl<P: Processor> Harness<P> {
     /// The read model a version-guarded sink holds after every output so far.
     pub fn read_model(&self) -> BTreeMap<String, P::Output> {
         fold_read_model(&self.outputs)

@@ -18,4 +18,6 @@ pub mod processors;
 pub mod runtime;
 pub mod state;
 
-pub use processor::{Applied, ChangeId, Context, Input, Processor, Rejection, Stream};
+pub use processor::{
+    Applied, ChangeId, Context, Flush, Input, KeyOf, Processor, ReadModel, Rejection, Stream,
+};

@@ -3,42 +3,12 @@
 //! transactions and rebalances are the runtime's (see `runtime`), so a processor must never
 //! do I/O, read the wall clock or use randomness (replays must give identical outputs).
 
+use std::collections::BTreeMap;
+
 use pulseline_schemas::records::{SampleChange, UserEventChange};
-use pulseline_schemas::{AvroRecord, topics};
+pub use pulseline_schemas::{AppliedSeqs, ReadModel, Stream};
 
 use crate::state::State;
-
-/// An input stream a processor can read. Both are keyed by user id and co-partitioned
-/// (same partition count, same partitioner), so one runtime task sees all of a user's
-/// records of every stream, in order per stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Stream {
-    /// `health.samples.v1`: sample upserts and deletions.
-    Samples,
-    /// `health.events.v1`: logged user events (sessions).
-    Events,
-}
-
-impl Stream {
-    /// Every stream, in a fixed order.
-    pub const ALL: [Stream; 2] = [Stream::Samples, Stream::Events];
-
-    /// A short stable name (metrics, changelog tags).
-    pub fn name(self) -> &'static str {
-        match self {
-            Stream::Samples => "samples",
-            Stream::Events => "events",
-        }
-    }
-
-    /// The un-prefixed topic of the stream.
-    pub fn topic(self) -> &'static str {
-        match self {
-            Stream::Samples => topics::SAMPLES,
-            Stream::Events => topics::EVENTS,
-        }
-    }
-}
 
 /// The change id the gateway assigns in Postgres: (per-user ingest sequence of the stream,
 /// index of the item in its request). Monotonic per user and stream, so "at or below the
@@ -96,8 +66,8 @@ impl Input {
 
     pub fn user_id(&self) -> &str {
         match self {
-            Input::Sample(s) => s.user_id(),
-            Input::Event(e) => e.user_id(),
+            Input::Sample(s) => &s.user_id,
+            Input::Event(e) => &e.user_id,
         }
     }
 
@@ -166,30 +136,41 @@ impl Applied {
     pub fn seq(&self, stream: Stream) -> i64 {
         self.get(stream).map_or(0, |c| c.seq)
     }
+
+    /// The applied sequence of every stream, as read models carry it.
+    pub fn seqs(&self) -> AppliedSeqs {
+        AppliedSeqs {
+            samples: self.seq(Stream::Samples),
+            events: self.seq(Stream::Events),
+        }
+    }
 }
 
-/// What a processor can see and do while handling one user: who the user is, which change
-/// is being applied, what has been applied so far, and where outputs go.
+/// The row key type of a processor's read model.
+pub type KeyOf<P> = <<P as Processor>::Output as ReadModel>::Key;
+
+/// What `apply` can see and do for one change of one user: who the user is, which change
+/// is being applied, what has been applied so far, and which read-model rows it touches.
 #[derive(Debug)]
-pub struct Context<'a, O> {
+pub struct Context<'a, K> {
     user_id: &'a str,
-    change: Option<ChangeId>,
+    change: ChangeId,
     applied: Applied,
-    out: &'a mut Vec<O>,
+    touched: &'a mut Vec<K>,
 }
 
-impl<'a, O> Context<'a, O> {
+impl<'a, K> Context<'a, K> {
     pub(crate) fn new(
         user_id: &'a str,
-        change: Option<ChangeId>,
+        change: ChangeId,
         applied: Applied,
-        out: &'a mut Vec<O>,
+        touched: &'a mut Vec<K>,
     ) -> Self {
         Self {
             user_id,
             change,
             applied,
-            out,
+            touched,
         }
     }
 
@@ -198,8 +179,8 @@ impl<'a, O> Context<'a, O> {
         self.user_id
     }
 
-    /// In `apply`: the change id of the record being applied. In `flush`: `None`.
-    pub fn change_id(&self) -> Option<ChangeId> {
+    /// The change id of the record being applied.
+    pub fn change_id(&self) -> ChangeId {
         self.change
     }
 
@@ -208,48 +189,90 @@ impl<'a, O> Context<'a, O> {
         self.applied
     }
 
-    /// Emits one read-model upsert. Outputs are written in the batch's transaction, after
-    /// the batch; the runtime routes them by `AvroRecord::user_id` and keys them by
-    /// `AvroRecord::key`.
-    pub fn emit(&mut self, output: O) {
-        self.out.push(output);
+    /// Says that this change can alter the row `key` (a superset is fine: an unchanged row
+    /// is emitted again with a newer version). At the end of the batch `flush` renders
+    /// every touched row, and the runtime versions it by the newest change that touched it.
+    pub fn touch(&mut self, key: K) {
+        self.touched.push(key);
     }
 }
 
-/// A stream processor: per-user state in, records in, versioned read-model upserts out.
+/// What `flush` sees for one user: the rows touched in the batch, and where their current
+/// content goes. Every touched key must get exactly one `emit` or `delete`; the runtime
+/// stamps versions and applied sequences, and reports any other row as a contract breach.
+#[derive(Debug)]
+pub struct Flush<'a, M: ReadModel> {
+    user_id: &'a str,
+    touched: &'a BTreeMap<M::Key, ChangeId>,
+    rows: &'a mut BTreeMap<M::Key, M>,
+}
+
+impl<'a, M: ReadModel> Flush<'a, M> {
+    pub(crate) fn new(
+        user_id: &'a str,
+        touched: &'a BTreeMap<M::Key, ChangeId>,
+        rows: &'a mut BTreeMap<M::Key, M>,
+    ) -> Self {
+        Self {
+            user_id,
+            touched,
+            rows,
+        }
+    }
+
+    /// The user whose rows these are.
+    pub fn user_id(&self) -> &str {
+        self.user_id
+    }
+
+    /// The keys touched in this batch, in key order.
+    pub fn touched(&self) -> impl Iterator<Item = &'a M::Key> + use<'a, M> {
+        self.touched.keys()
+    }
+
+    /// The current content of a touched row (its version is set by the runtime).
+    pub fn emit(&mut self, row: M) {
+        self.rows.insert(row.row_key(), row);
+    }
+
+    /// A touched row that no longer exists: the runtime emits its tombstone.
+    pub fn delete(&mut self, key: &M::Key) {
+        self.rows
+            .insert(key.clone(), M::tombstone(self.user_id, key));
+    }
+}
+
+/// A stream processor: per-user state in, records in, one read model's rows out.
 ///
-/// Only `apply` is required. The runtime guarantees, per user: records arrive in change-id
-/// order per stream, each change at most once (anything at or below the last applied change
-/// id is skipped before `apply`), state survives restarts and rebalances (it is restored
-/// from the changelog), and `flush` runs once per user at the end of every batch that
-/// touched the user. Outputs must be deterministic functions of the state; versions should
-/// derive from change ids (`ChangeId::version`), never from offsets or clocks.
+/// Two methods: `apply` changes the state for one record and says which rows it touches;
+/// `flush` renders the touched rows at the end of the batch. The runtime guarantees, per
+/// user: records arrive in change-id order per stream, each change at most once (anything at
+/// or below the last applied change id is skipped before `apply`), state survives restarts
+/// and rebalances (restored from the changelog), and `flush` runs once per user at the end
+/// of every batch that touched a row of the user. It versions every row by the newest
+/// change that touched it and reports the user's progress after every batch, whether or
+/// not a row changed. Outputs must be deterministic functions of the state.
 pub trait Processor: Send + Sync + std::fmt::Debug + 'static {
     /// Stable name: names the changelog topic (`changelog.<NAME>.v1`) and the metrics.
     /// Renaming it starts the processor from empty state.
     const NAME: &'static str;
     /// Per-user state, persisted through the changelog (see `state::State`).
     type State: State;
-    /// The read-model record this processor emits.
-    type Output: AvroRecord + std::fmt::Debug + 'static;
+    /// The read model this processor emits; its `STREAMS` are the processor's inputs.
+    type Output: ReadModel;
 
-    /// The streams this processor reads. Records of other streams never reach `apply`.
-    fn inputs(&self) -> &'static [Stream] {
-        &[Stream::Samples]
-    }
-
-    /// Applies one record to the user's state. Emit outputs here, or (cheaper when a batch
-    /// touches the same rows many times) mark rows dirty and emit them in `flush`. Returning
-    /// a `Rejection` sends the record to the dead-letter topic; the state must be unchanged.
+    /// Applies one record to the user's state and touches the rows it can change.
+    /// Returning a `Rejection` sends the record to the dead-letter topic; the state must
+    /// then be unchanged (touches of a rejected record are dropped).
     fn apply(
         &self,
-        ctx: &mut Context<'_, Self::Output>,
+        ctx: &mut Context<'_, KeyOf<Self>>,
         state: &mut Self::State,
         input: &Input,
     ) -> Result<(), Rejection>;
 
-    /// Called once per user at the end of every batch that touched the user.
-    fn flush(&self, _ctx: &mut Context<'_, Self::Output>, _state: &mut Self::State) {}
+    /// Renders every touched row of one user (`Flush::emit` or `Flush::delete`).
+    fn flush(&self, out: &mut Flush<'_, Self::Output>, state: &mut Self::State);
 }
 
 #[cfg(test)]

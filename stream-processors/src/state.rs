@@ -23,6 +23,12 @@ pub struct ChangelogEntry {
 /// A changelog entry that could not be read back: a bug or an incompatible state format.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    #[error("cannot encode state {what}: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("cannot decode state {what}: {source}")]
     Decode {
         what: &'static str,
@@ -39,7 +45,7 @@ pub enum StateError {
 /// state. Encodings must round-trip exactly (store floats as bits, see `f64_bits`).
 pub trait State: Default + Send + std::fmt::Debug + 'static {
     fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError>;
-    fn drain_changes(&mut self, out: &mut Vec<ChangelogEntry>);
+    fn drain_changes(&mut self, out: &mut Vec<ChangelogEntry>) -> Result<(), StateError>;
 }
 
 /// Stateless processors.
@@ -49,14 +55,16 @@ impl State for () {
             String::from_utf8_lossy(key).into_owned(),
         ))
     }
-    fn drain_changes(&mut self, _: &mut Vec<ChangelogEntry>) {}
+    fn drain_changes(&mut self, _: &mut Vec<ChangelogEntry>) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 /// Serialises a state value or key (JSON: deterministic for a given value, readable when
-/// debugging a changelog).
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serialising plain data structs (no maps with non-string keys) cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
+/// debugging a changelog). A failure (a map with non-string keys, say) is an error, never
+/// an empty entry that would restore as something else.
+pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec(value).map_err(|source| StateError::Encode { what, source })
 }
 
 /// The inverse of `encode`.
@@ -170,14 +178,18 @@ where
         Ok(())
     }
 
-    fn drain_changes(&mut self, out: &mut Vec<ChangelogEntry>) {
+    fn drain_changes(&mut self, out: &mut Vec<ChangelogEntry>) -> Result<(), StateError> {
         for key in std::mem::take(&mut self.dirty) {
-            let value = self.rows.get(&key).map(encode);
+            let value = match self.rows.get(&key) {
+                Some(v) => Some(encode("table value", v)?),
+                None => None,
+            };
             out.push(ChangelogEntry {
-                key: encode(&key),
+                key: encode("table key", &key)?,
                 value,
             });
         }
+        Ok(())
     }
 }
 
@@ -191,10 +203,10 @@ mod tests {
         let mut log = Vec::new();
         t.insert(("a".into(), 1), 0.1 + 0.2);
         t.insert(("b".into(), 2), 2.0);
-        t.drain_changes(&mut log);
+        t.drain_changes(&mut log).unwrap();
         t.remove(&("b".into(), 2));
         t.insert(("c".into(), 3), f64::MIN_POSITIVE);
-        t.drain_changes(&mut log);
+        t.drain_changes(&mut log).unwrap();
         let mut back: Table<(String, i64), f64> = Table::default();
         for e in &log {
             back.restore(&e.key, e.value.as_deref()).unwrap();
@@ -210,7 +222,7 @@ mod tests {
         #[derive(serde::Serialize, serde::Deserialize)]
         struct W(#[serde(with = "f64_bits")] f64);
         for v in [0.1 + 0.2, 1e-300, -0.0, 123456.789e10] {
-            let back: W = decode("w", &encode(&W(v))).unwrap();
+            let back: W = decode("w", &encode("w", &W(v)).unwrap()).unwrap();
             assert_eq!(back.0.to_bits(), v.to_bits());
         }
     }

@@ -6,7 +6,7 @@ use pulseline_schemas::Operation;
 use pulseline_schemas::records::{SampleChange, SleepNightUpsert};
 use pulseline_stream_processors::harness::Harness;
 use pulseline_stream_processors::state::Table;
-use pulseline_stream_processors::{ChangeId, Context, Input, Processor, Rejection, Stream};
+use pulseline_stream_processors::{Context, Flush, Input, Processor, Rejection};
 
 // --- the processor file (would be src/processors/sleep_minutes.rs) ---
 
@@ -15,27 +15,7 @@ use pulseline_stream_processors::{ChangeId, Context, Input, Processor, Rejection
 pub struct SleepMinutes;
 
 /// (night, sourceId, sourceRecordId, start) -> asleep minutes of that sample.
-type Key = (String, String, String, i64);
-
-#[derive(Debug, Default)]
-pub struct SleepState {
-    stages: Table<Key, f64>,
-    /// Nights touched in this batch, with the newest change: in memory only.
-    dirty: std::collections::BTreeMap<String, ChangeId>,
-}
-
-impl pulseline_stream_processors::state::State for SleepState {
-    fn restore(
-        &mut self,
-        key: &[u8],
-        value: Option<&[u8]>,
-    ) -> Result<(), pulseline_stream_processors::state::StateError> {
-        self.stages.restore(key, value)
-    }
-    fn drain_changes(&mut self, out: &mut Vec<pulseline_stream_processors::state::ChangelogEntry>) {
-        self.stages.drain_changes(out)
-    }
-}
+type StageKey = (String, String, String, i64);
 
 fn night_of(s: &SampleChange) -> String {
     let end = s.end_at.unwrap_or(s.start_at) + i64::from(s.tz_offset_minutes) * 60_000_000;
@@ -46,17 +26,14 @@ fn night_of(s: &SampleChange) -> String {
 
 impl Processor for SleepMinutes {
     const NAME: &'static str = "sleep_minutes";
-    type State = SleepState;
+    type State = Table<StageKey, f64>;
+    /// Its read model (record, topic, key `night`) is declared in schemas/src/records.rs.
     type Output = SleepNightUpsert;
-
-    fn inputs(&self) -> &'static [Stream] {
-        &[Stream::Samples]
-    }
 
     fn apply(
         &self,
-        ctx: &mut Context<'_, SleepNightUpsert>,
-        state: &mut SleepState,
+        ctx: &mut Context<'_, String>,
+        stages: &mut Table<StageKey, f64>,
         input: &Input,
     ) -> Result<(), Rejection> {
         let Input::Sample(s) = input else {
@@ -65,18 +42,15 @@ impl Processor for SleepMinutes {
         if s.metric != "SLEEP_STAGE" {
             return Ok(());
         }
-        let change = ctx.change_id().unwrap_or(ChangeId::new(0, 0));
         // A correction may move the sample to another night: drop any previous version.
-        let old: Vec<Key> = state
-            .stages
+        let old: Vec<StageKey> = stages
             .iter()
             .filter(|(k, _)| k.1 == s.source_id && k.2 == s.source_record_id && k.3 == s.start_at)
             .map(|(k, _)| k.clone())
             .collect();
         for k in old {
-            state.stages.remove(&k);
-            let d = state.dirty.entry(k.0.clone()).or_insert(change);
-            *d = (*d).max(change);
+            stages.remove(&k);
+            ctx.touch(k.0);
         }
         if s.operation == Operation::Upsert && s.category.as_deref() != Some("awake") {
             let minutes = (s.end_at.unwrap_or(s.start_at) - s.start_at) as f64 / 60e6;
@@ -87,27 +61,30 @@ impl Processor for SleepMinutes {
                 s.source_record_id.clone(),
                 s.start_at,
             );
-            state.stages.insert(key, minutes);
-            let d = state.dirty.entry(night).or_insert(change);
-            *d = (*d).max(change);
+            stages.insert(key, minutes);
+            ctx.touch(night);
         }
         Ok(())
     }
 
-    fn flush(&self, ctx: &mut Context<'_, SleepNightUpsert>, state: &mut SleepState) {
-        for (night, change) in std::mem::take(&mut state.dirty) {
+    fn flush(&self, out: &mut Flush<'_, SleepNightUpsert>, stages: &mut Table<StageKey, f64>) {
+        for night in out.touched() {
             let lo = (night.clone(), String::new(), String::new(), i64::MIN);
-            let asleep: f64 = state
-                .stages
+            let asleep: f64 = stages
                 .range(lo..)
-                .take_while(|(k, _)| k.0 == night)
+                .take_while(|(k, _)| &k.0 == night)
                 .map(|(_, m)| m)
                 .sum();
-            ctx.emit(SleepNightUpsert {
-                user_id: ctx.user_id().to_owned(),
-                night,
-                version: change.version(),
-                deleted: asleep == 0.0,
+            if asleep == 0.0 {
+                out.delete(night);
+                continue;
+            }
+            // `version` and `appliedSeq` are the runtime's: left at 0 here.
+            out.emit(SleepNightUpsert {
+                user_id: out.user_id().to_owned(),
+                night: night.clone(),
+                version: 0,
+                deleted: false,
                 in_bed_minutes: asleep,
                 asleep_minutes: asleep,
                 awake_minutes: 0.0,
@@ -120,7 +97,7 @@ impl Processor for SleepMinutes {
                 bed_at: None,
                 wake_at: None,
                 sources: Vec::new(),
-                applied_seq: ctx.applied().seq(Stream::Samples),
+                applied_seq: 0,
             });
         }
     }
@@ -129,9 +106,13 @@ impl Processor for SleepMinutes {
 // --- its test, with the same harness as the built-in processors ---
 
 fn stage(seq: i64, rid: &str, start_h: i64, hours: i64, category: &str) -> Input {
+    Input::Sample(stage_change(seq, rid, start_h, hours, category))
+}
+
+fn stage_change(seq: i64, rid: &str, start_h: i64, hours: i64, category: &str) -> SampleChange {
     const H: i64 = 3_600_000_000;
     let start = 1_780_272_000_000_000 + start_h * H; // 2026-06-01T00:00Z
-    Input::Sample(SampleChange {
+    SampleChange {
         user_id: "u".into(),
         change_seq: seq,
         change_index: 0,
@@ -148,7 +129,7 @@ fn stage(seq: i64, rid: &str, start_h: i64, hours: i64, category: &str) -> Input
         category: Some(category.into()),
         metadata_json: None,
         accepted_at: 0,
-    })
+    }
 }
 
 #[test]
@@ -164,4 +145,20 @@ fn asleep_minutes_per_night_survive_restarts_and_duplicates() {
     );
     let model = h.read_model();
     assert_eq!(model["u|2026-06-02"].asleep_minutes, 300.0);
+    // Versions and progress are stamped by the runtime from change ids.
+    assert_eq!(model["u|2026-06-02"].version, (3 << 20));
+    assert_eq!(model["u|2026-06-02"].applied_seq, 3);
+    assert_eq!(h.progress().last().map(|p| p.samples_seq), Some(3));
+}
+
+#[test]
+fn a_change_that_touches_no_row_still_reports_progress() {
+    let mut h = Harness::new(SleepMinutes);
+    let mut heart_rate = stage_change(7, "hr", 1, 0, "deep");
+    heart_rate.metric = "HEART_RATE".into();
+    let (_, rows) = h.batch([Input::Sample(heart_rate)]);
+    assert!(rows.is_empty());
+    assert_eq!(h.progress().len(), 1);
+    assert_eq!(h.progress()[0].samples_seq, 7);
+    assert_eq!(h.progress()[0].read_model, "sleep_nights");
 }

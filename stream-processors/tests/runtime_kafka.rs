@@ -11,11 +11,11 @@ mod support;
 
 use std::time::Duration;
 
-use pulseline_schemas::records::RollupUpsert;
+use pulseline_schemas::records::{RollupKey, RollupUpsert};
 use pulseline_stream_processors::engine::register;
 use pulseline_stream_processors::processors::{ProcessorsConfig, Rollups, registry};
 use pulseline_stream_processors::runtime::{Faults, Runtime, RuntimeConfig, RuntimeHandle};
-use pulseline_stream_processors::{Context, Input, Processor, Rejection};
+use pulseline_stream_processors::{Context, Flush, Input, Processor, Rejection};
 use support::changes::Gen;
 use support::kafka::{Env, wait_for};
 
@@ -204,7 +204,7 @@ impl Processor for Panicky {
 
     fn apply(
         &self,
-        _: &mut Context<'_, RollupUpsert>,
+        _: &mut Context<'_, RollupKey>,
         _: &mut (),
         input: &Input,
     ) -> Result<(), Rejection> {
@@ -215,6 +215,8 @@ impl Processor for Panicky {
         }
         Ok(())
     }
+
+    fn flush(&self, _: &mut Flush<'_, RollupUpsert>, _: &mut ()) {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,12 +3,12 @@
 //! distance, energy ...), average/min/max (heart rate, glucose ...) or latest (weight, VO2
 //! max). Category metrics (sleep stages, workouts) are not rolled up here.
 //!
-//! Incremental: `apply` updates the live samples and marks the local hours it can change;
-//! `flush` (once per user per batch) recomputes each day holding a dirty hour and emits
-//! every dirty hour row and the day row, each versioned by the newest change of the batch
-//! that touched it (`deleted` when the bucket is empty).
+//! Incremental: `apply` updates the live samples and touches the hour and day rows it can
+//! change; `flush` (once per user per batch) recomputes each day holding a touched row and
+//! renders every touched row (a tombstone when the bucket is empty). The runtime versions
+//! each row by the newest change of the batch that touched it.
 //!
-//! Why every dirty row, even unchanged: which rows are emitted, and with which version,
+//! Why every touched row, even unchanged: which rows are emitted, and with which version,
 //! must depend on the changes only, not on where batches end. A batch that was aborted
 //! may still be visible to sinks (tansu shows aborted records, STACK.md) with rows at
 //! version v; its replay, with other batch boundaries, re-applies the change behind v and
@@ -21,15 +21,17 @@
 mod compute;
 mod state;
 
-use chrono::DateTime;
-use pulseline_schemas::records::{Period, RollupUpsert};
+use std::collections::BTreeMap;
+
+use chrono::{Datelike, NaiveDate};
+use pulseline_schemas::records::{Period, RollupKey, RollupUpsert};
 use pulseline_schemas::{Aggregation, Catalog, Operation, ValueKind};
 
 use self::compute::{Bucket, PointKind};
 pub use self::state::RollupState;
 use self::state::{Sample, SampleKey, Series};
 use super::priority::SourcePriority;
-use crate::processor::{ChangeId, Context, Input, Processor, Rejection, Stream};
+use crate::processor::{Context, Flush, Input, Processor, Rejection};
 
 /// The rollups processor. Configuration: the source priority of cumulative metrics.
 #[derive(Debug, Clone)]
@@ -65,13 +67,32 @@ impl Rollups {
         )
     }
 
-    /// Removes the live sample with `key` (any metric), marking the days it touched.
-    fn remove(&self, state: &mut RollupState, key: &SampleKey, change: ChangeId) {
+    /// Removes the live sample with `key` (any metric), touching the rows it was in.
+    fn remove(&self, ctx: &mut Context<'_, RollupKey>, state: &mut RollupState, key: &SampleKey) {
         if let Some(old) = state.take(key) {
-            let cumulative = self.is_cumulative(&old.metric);
-            if let Some(series) = state.series_mut(&old.metric) {
-                series.mark_dirty(&old, cumulative, change);
-            }
+            self.touch(ctx, state, &old);
+        }
+    }
+
+    /// Touches every hour row, and the day rows, that `s` can change.
+    fn touch(&self, ctx: &mut Context<'_, RollupKey>, state: &RollupState, s: &Sample) {
+        let Some(series) = state.series.get(&s.metric) else {
+            return;
+        };
+        let (first, last) = series.hours_touched(s, self.is_cumulative(&s.metric));
+        for hour in first..=last {
+            ctx.touch(RollupKey {
+                metric: s.metric.clone(),
+                period: Period::Hour,
+                bucket_start: hour_start(hour),
+            });
+        }
+        for day in first.div_euclid(24)..=last.div_euclid(24) {
+            ctx.touch(RollupKey {
+                metric: s.metric.clone(),
+                period: Period::Day,
+                bucket_start: day_start(day),
+            });
         }
     }
 
@@ -99,47 +120,57 @@ impl Rollups {
     }
 }
 
+/// Local day number (days since 1970-01-01) as `YYYY-MM-DD`.
 fn day_start(day: i64) -> String {
-    DateTime::from_timestamp(day * 86_400, 0)
-        .map(|t| t.format("%Y-%m-%d").to_string())
-        .unwrap_or_default()
+    let date = NaiveDate::from_num_days_from_ce_opt(UNIX_EPOCH_CE_DAYS + day as i32)
+        .unwrap_or(NaiveDate::MIN);
+    format!("{:04}-{:02}-{:02}", date.year(), date.month(), date.day())
 }
 
+/// Local hour number (hours since 1970-01-01T00:00) as `YYYY-MM-DDTHH:00:00`.
 fn hour_start(hour: i64) -> String {
-    DateTime::from_timestamp(hour * 3_600, 0)
-        .map(|t| t.format("%Y-%m-%dT%H:00:00").to_string())
-        .unwrap_or_default()
+    format!(
+        "{}T{:02}:00:00",
+        day_start(hour.div_euclid(24)),
+        hour.rem_euclid(24)
+    )
 }
+
+/// The inverse of `day_start` on the date part of a bucket start.
+fn parse_day(bucket_start: &str) -> Option<i64> {
+    let date = NaiveDate::parse_from_str(bucket_start.get(..10)?, "%Y-%m-%d").ok()?;
+    Some(i64::from(date.num_days_from_ce() - UNIX_EPOCH_CE_DAYS))
+}
+
+/// The inverse of `hour_start`.
+fn parse_hour(bucket_start: &str) -> Option<i64> {
+    let hour: i64 = bucket_start.get(11..13)?.parse().ok()?;
+    Some(parse_day(bucket_start)? * 24 + hour)
+}
+
+/// `NaiveDate::num_days_from_ce` of 1970-01-01.
+const UNIX_EPOCH_CE_DAYS: i32 = 719_163;
 
 fn row(
-    ctx: &Context<'_, RollupUpsert>,
+    user_id: &str,
     metric: &str,
     period: Period,
     bucket_start: String,
-    change: ChangeId,
-    bucket: Option<Bucket>,
+    b: Bucket,
 ) -> RollupUpsert {
-    let deleted = bucket.is_none();
-    let b = bucket.unwrap_or(Bucket {
-        value: None,
-        min: None,
-        max: None,
-        count: 0,
-        sources: Vec::new(),
-    });
     RollupUpsert {
-        user_id: ctx.user_id().to_owned(),
+        user_id: user_id.to_owned(),
         metric: metric.to_owned(),
         period,
         bucket_start,
-        version: change.version(),
-        deleted,
+        version: 0,
+        deleted: false,
         value: b.value,
         min: b.min,
         max: b.max,
         count: b.count,
         sources: b.sources,
-        applied_seq: ctx.applied().seq(Stream::Samples),
+        applied_seq: 0,
     }
 }
 
@@ -148,25 +179,18 @@ impl Processor for Rollups {
     type State = RollupState;
     type Output = RollupUpsert;
 
-    fn inputs(&self) -> &'static [Stream] {
-        &[Stream::Samples]
-    }
-
     fn apply(
         &self,
-        ctx: &mut Context<'_, RollupUpsert>,
+        ctx: &mut Context<'_, RollupKey>,
         state: &mut RollupState,
         input: &Input,
     ) -> Result<(), Rejection> {
         let Input::Sample(s) = input else {
             return Ok(());
         };
-        let Some(change) = ctx.change_id() else {
-            return Ok(());
-        };
         let key: SampleKey = (s.start_at, s.source_id.clone(), s.source_record_id.clone());
         if s.operation == Operation::Delete {
-            self.remove(state, &key, change);
+            self.remove(ctx, state, &key);
             return Ok(());
         }
         let def = self.catalog.metric(&s.metric).map_err(|_| {
@@ -177,7 +201,7 @@ impl Processor for Rollups {
         })?;
         if def.kind() == ValueKind::Category {
             // Not a rollup metric; if this key held a quantity before, that contribution goes.
-            self.remove(state, &key, change);
+            self.remove(ctx, state, &key);
             return Ok(());
         }
         let value = s.value.ok_or_else(|| {
@@ -215,36 +239,44 @@ impl Processor for Rollups {
         if state.find(&key) == Some(&sample) {
             // Same content again (a re-upload with a new change id): nothing changes, but
             // its rows are re-emitted (with the new version and appliedSeq).
-            let cumulative = self.is_cumulative(&sample.metric);
-            if let Some(series) = state.series_mut(&sample.metric) {
-                series.mark_dirty(&sample, cumulative, change);
-            }
+            self.touch(ctx, state, &sample);
             return Ok(());
         }
-        self.remove(state, &key, change);
-        let cumulative = def.aggregation() == Aggregation::CumulativeSum;
-        let series = state.put(key, sample.clone());
-        series.mark_dirty(&sample, cumulative, change);
+        self.remove(ctx, state, &key);
+        state.put(key, sample.clone());
+        self.touch(ctx, state, &sample);
         Ok(())
     }
 
-    fn flush(&self, ctx: &mut Context<'_, RollupUpsert>, state: &mut RollupState) {
-        for (metric, series) in state.series.iter_mut() {
-            let dirty = std::mem::take(&mut series.dirty_hours);
-            let mut hours = dirty.into_iter().peekable();
-            while let Some(&(first, _)) = hours.peek() {
-                let day = first.div_euclid(24);
-                let mut fresh = self.recompute_day(series, metric, day);
-                let mut day_version = None;
-                while let Some((hour, change)) = hours.next_if(|(h, _)| h.div_euclid(24) == day) {
-                    day_version = day_version.max(Some(change));
-                    let bucket = fresh.hours.remove(&hour);
-                    let out = row(ctx, metric, Period::Hour, hour_start(hour), change, bucket);
-                    ctx.emit(out);
-                }
-                if let Some(change) = day_version {
-                    let out = row(ctx, metric, Period::Day, day_start(day), change, fresh.day);
-                    ctx.emit(out);
+    fn flush(&self, out: &mut Flush<'_, RollupUpsert>, state: &mut RollupState) {
+        // Touched keys come in key order: per metric, the day rows, then the hour rows.
+        // Group them by (metric, local day) so each day is recomputed once.
+        let mut days: BTreeMap<(&str, i64), Vec<&RollupKey>> = BTreeMap::new();
+        for key in out.touched() {
+            if let Some(day) = parse_day(&key.bucket_start) {
+                days.entry((key.metric.as_str(), day))
+                    .or_default()
+                    .push(key);
+            }
+        }
+        let user = out.user_id().to_owned();
+        for ((metric, day), keys) in days {
+            let mut fresh = match state.series.get(metric) {
+                Some(series) => self.recompute_day(series, metric, day),
+                None => compute::DayBuckets::default(),
+            };
+            for key in keys {
+                let bucket = match key.period {
+                    Period::Day => fresh.day.take(),
+                    Period::Hour => {
+                        parse_hour(&key.bucket_start).and_then(|h| fresh.hours.remove(&h))
+                    }
+                };
+                match bucket {
+                    Some(b) => {
+                        out.emit(row(&user, metric, key.period, key.bucket_start.clone(), b))
+                    }
+                    None => out.delete(key),
                 }
             }
         }

@@ -10,7 +10,7 @@ pub enum RuntimeError {
     Kafka(#[from] KafkaError),
     #[error("schema registry or avro: {0}")]
     Schema(#[from] pulseline_schemas::Error),
-    #[error("changelog of {processor} is unreadable: {source}")]
+    #[error("state of {processor} cannot be encoded or restored: {source}")]
     State {
         processor: &'static str,
         #[source]

@@ -17,6 +17,7 @@ pub struct RuntimeMetrics {
     pub(crate) records_skipped: IntCounterVec,
     pub(crate) records_out: IntCounterVec,
     pub(crate) dead_letters: IntCounterVec,
+    pub(crate) flush_violations: IntCounterVec,
     pub(crate) transactions: IntCounterVec,
     pub(crate) batch_seconds: HistogramVec,
     pub(crate) restored_entries: IntCounterVec,
@@ -57,6 +58,11 @@ impl RuntimeMetrics {
             "pulseline_processor_dead_letters_total",
             "Records sent to the dead-letter topic, by reason",
             &["reason"],
+        )?;
+        let flush_violations = counter(
+            "pulseline_processor_flush_violations_total",
+            "Rows a processor's flush left unrendered or rendered untouched (processor bugs)",
+            &["processor"],
         )?;
         let transactions = counter(
             "pulseline_processor_transactions_total",
@@ -103,6 +109,7 @@ impl RuntimeMetrics {
             records_skipped,
             records_out,
             dead_letters,
+            flush_violations,
             transactions,
             batch_seconds,
             restored_entries,

@@ -441,7 +441,20 @@ impl Worker {
         let mut meta_entries = Vec::new();
         for (&partition, tasks) in self.partitions.iter_mut() {
             for (p, task) in tasks.iter_mut().enumerate() {
-                let out = task.finish_batch();
+                let name = self.processors[p].name();
+                let out = task.finish_batch().map_err(|source| RuntimeError::State {
+                    processor: name,
+                    source,
+                })?;
+                if !out.violations.is_empty() {
+                    self.metrics
+                        .flush_violations
+                        .with_label_values(&[name])
+                        .inc_by(out.violations.len() as u64);
+                    for v in &out.violations {
+                        tracing::error!(processor = name, violation = %v, "processor broke the flush contract");
+                    }
+                }
                 if out.is_empty() {
                     continue;
                 }

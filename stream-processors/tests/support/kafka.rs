@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use pulseline_schemas::records::{RollupUpsert, SampleChange};
-use pulseline_schemas::{AvroCodec, AvroRecord, topics};
+use pulseline_schemas::{AvroCodec, AvroRecord, ReadModelRecord, topics};
 use pulseline_stream_processors::harness::fold_read_model;
 use pulseline_stream_processors::runtime::RuntimeConfig;
 use pulseline_testkit::Stack;
@@ -173,20 +173,40 @@ impl Env {
         out
     }
 
-    /// Every rollup row on the read-model topic, in topic order per partition.
-    pub async fn rollup_rows(&self) -> Vec<RollupUpsert> {
+    /// Every record on the rollups topic (rows and progress), in topic order per partition.
+    pub async fn rollup_records(&self) -> Vec<ReadModelRecord<RollupUpsert>> {
         let topic = self.codec.topic_of::<RollupUpsert>();
         let env = self.clone_for_blocking();
         let raw = tokio::task::spawn_blocking(move || env.read_all(&topic))
             .await
             .unwrap();
-        let mut rows = Vec::with_capacity(raw.len());
+        let mut records = Vec::with_capacity(raw.len());
         for (key, payload, _) in raw {
-            let row: RollupUpsert = self.codec.decode(&payload.unwrap()).await.unwrap();
-            assert_eq!(key, row.key().into_bytes(), "read-model key");
-            rows.push(row);
+            let record = self
+                .codec
+                .decode_read_model::<RollupUpsert>(&payload.unwrap())
+                .await
+                .unwrap();
+            let expected_key = match &record {
+                ReadModelRecord::Row(row) => row.key(),
+                ReadModelRecord::Progress(p) => p.key().to_owned(),
+            };
+            assert_eq!(key, expected_key.into_bytes(), "read-model key");
+            records.push(record);
         }
-        rows
+        records
+    }
+
+    /// Every rollup row on the read-model topic, in topic order per partition.
+    pub async fn rollup_rows(&self) -> Vec<RollupUpsert> {
+        self.rollup_records()
+            .await
+            .into_iter()
+            .filter_map(|r| match r {
+                ReadModelRecord::Row(row) => Some(row),
+                ReadModelRecord::Progress(_) => None,
+            })
+            .collect()
     }
 
     /// The rollups read model as a version-guarded sink holds it.

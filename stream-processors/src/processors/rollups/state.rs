@@ -1,6 +1,6 @@
 //! The rollups state of one user: the live samples per metric (what a bucket is recomputed
-//! from) and the local hours a batch made dirty. Nothing about what was emitted is kept:
-//! every dirty row is emitted (see `rollups`), so emissions depend on the changes only.
+//! from). Nothing about what was emitted is kept: every touched row is emitted (see
+//! `rollups`), so emissions depend on the changes only.
 //!
 //! State key choice: samples are kept per user and metric, ordered by start, not split by
 //! day. A cumulative sample crossing midnight lives once; recomputing a local day reads the
@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::compute;
-use crate::processor::ChangeId;
 use crate::state::{ChangelogEntry, State, StateError, decode, encode, f64_bits};
 
 /// One live sample (canonical unit). `end == start` for a zero-length sample.
@@ -40,9 +39,6 @@ pub(crate) type SampleKey = (i64, String, String);
 #[derive(Debug, Default)]
 pub(crate) struct Series {
     pub samples: BTreeMap<SampleKey, Sample>,
-    /// Local hours to emit at the end of the batch, with the newest change of the batch
-    /// that touched each (the row's version).
-    pub dirty_hours: BTreeMap<i64, ChangeId>,
     /// Longest `end - start` ever stored (only grows: a safe bound for window queries).
     pub max_len: i64,
     /// Range of `tzOffsetMinutes` ever stored (only widens).
@@ -62,12 +58,12 @@ impl Series {
         self.offsets.unwrap_or((0, 0))
     }
 
-    /// Marks the local hours whose buckets `s` can change (a superset). For cumulative
-    /// metrics that is every hour its interval touches under any offset of the series (a
-    /// change to `s` can expose or hide another sample, which lands in its own local hour);
-    /// otherwise the hour of its start.
-    pub fn mark_dirty(&mut self, s: &Sample, cumulative: bool, change: ChangeId) {
-        let (first, last) = if cumulative {
+    /// The local hours (first, last) whose buckets `s` can change (a superset). For
+    /// cumulative metrics that is every hour its interval touches under any offset of the
+    /// series (a change to `s` can expose or hide another sample, which lands in its own
+    /// local hour); otherwise the hour of its start.
+    pub fn hours_touched(&self, s: &Sample, cumulative: bool) -> (i64, i64) {
+        if cumulative {
             let (lo, hi) = self.offset_range();
             let last_instant = if s.end > s.start { s.end - 1 } else { s.start };
             (
@@ -77,10 +73,6 @@ impl Series {
         } else {
             let h = compute::local_hour(s.start, s.tz_minutes);
             (h, h)
-        };
-        for h in first..=last {
-            let c = self.dirty_hours.entry(h).or_insert(change);
-            *c = (*c).max(change);
         }
     }
 
@@ -137,10 +129,6 @@ impl RollupState {
         series
     }
 
-    pub(crate) fn series_mut(&mut self, metric: &str) -> Option<&mut Series> {
-        self.series.get_mut(metric)
-    }
-
     /// Number of live samples (all metrics).
     pub fn sample_count(&self) -> usize {
         self.series.values().map(|s| s.samples.len()).sum()
@@ -180,13 +168,17 @@ impl State for RollupState {
         Ok(())
     }
 
-    fn drain_changes(&mut self, out: &mut Vec<ChangelogEntry>) {
+    fn drain_changes(&mut self, out: &mut Vec<ChangelogEntry>) -> Result<(), StateError> {
         for key in std::mem::take(&mut self.changed_samples) {
-            let value = self.find(&key).map(encode);
+            let value = match self.find(&key) {
+                Some(sample) => Some(encode("rollup sample", sample)?),
+                None => None,
+            };
             out.push(ChangelogEntry {
-                key: tagged(SAMPLE_TAG, encode(&key)),
+                key: tagged(SAMPLE_TAG, encode("rollup sample key", &key)?),
                 value,
             });
         }
+        Ok(())
     }
 }

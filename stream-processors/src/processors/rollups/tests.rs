@@ -9,6 +9,7 @@ use pulseline_schemas::records::{Operation, Period, RollupUpsert, SampleChange};
 use super::*;
 use crate::engine::{DAY_MICROS, EngineConfig, Outcome};
 use crate::harness::Harness;
+use crate::processor::ChangeId;
 
 const MIN: i64 = 60_000_000;
 const H: i64 = 60 * MIN;

@@ -1,0 +1,187 @@
+//! Where each read model is stored: its table and columns, declared once per read model
+//! (the table itself is a migration in `migrations/`). The sink runner, the Postgres
+//! store and the registration list (`crate::READ_MODELS`) are generic over it.
+//!
+//! A row travels to Postgres as one JSON object per row, named by column
+//! (`jsonb_to_recordset`), so a declaration is a list of columns and a serde struct, with
+//! no per-table SQL. Floats survive exactly: serde writes the shortest decimal that reads
+//! back as the same double, and Postgres reads decimals correctly rounded.
+
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+use pulseline_schemas::ReadModel;
+use pulseline_schemas::records::{Period, RollupUpsert};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::sink::InvalidRecord;
+
+/// A column of a read-model table: its name and Postgres type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Column {
+    pub name: &'static str,
+    pub sql_type: &'static str,
+}
+
+const fn col(name: &'static str, sql_type: &'static str) -> Column {
+    Column { name, sql_type }
+}
+
+/// A read model the sinks can store.
+///
+/// The table must have `user_id uuid`, `version bigint`, `deleted boolean` and
+/// `updated_at timestamptz` columns and a primary key of `KEY_COLUMNS` (which start
+/// with `user_id`).
+pub trait StoredReadModel: ReadModel + Send + Sync {
+    /// The Postgres table.
+    const TABLE: &'static str;
+    /// The primary key, `user_id` first.
+    const KEY_COLUMNS: &'static [Column];
+    /// Every other written column, `version` and `deleted` included.
+    const VALUE_COLUMNS: &'static [Column];
+    /// One row as the table holds it: serialises to an object with a field per column.
+    type Columns: Serialize + Clone + Send + Sync + std::fmt::Debug;
+
+    /// The record as columns; refuses what the table cannot hold (the reason names the
+    /// field, never its value).
+    fn columns(record: &Self, user_id: Uuid) -> Result<Self::Columns, InvalidRecord>;
+}
+
+/// `rollup`: daily and hourly rollups (migrations/1001_rollups.sql).
+#[derive(Debug, Clone, Serialize)]
+pub struct RollupColumns {
+    user_id: Uuid,
+    metric: String,
+    period: &'static str,
+    /// Local wall-clock start of the bucket (midnight for DAY).
+    bucket_start: NaiveDateTime,
+    value: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    count: i64,
+    sources: Vec<String>,
+    deleted: bool,
+    version: i64,
+}
+
+impl StoredReadModel for RollupUpsert {
+    const TABLE: &'static str = "rollup";
+    const KEY_COLUMNS: &'static [Column] = &[
+        col("user_id", "uuid"),
+        col("metric", "text"),
+        col("period", "text"),
+        col("bucket_start", "timestamp"),
+    ];
+    const VALUE_COLUMNS: &'static [Column] = &[
+        col("value", "float8"),
+        col("min", "float8"),
+        col("max", "float8"),
+        col("count", "int8"),
+        col("sources", "text[]"),
+        col("deleted", "bool"),
+        col("version", "int8"),
+    ];
+    type Columns = RollupColumns;
+
+    fn columns(r: &Self, user_id: Uuid) -> Result<RollupColumns, InvalidRecord> {
+        if r.metric.is_empty() {
+            return Err(InvalidRecord("metric is empty"));
+        }
+        let bucket_start = parse_bucket_start(r.period, &r.bucket_start)?;
+        // A deleted bucket keeps only its version (the tombstone that blocks resurrection).
+        let live = !r.deleted;
+        Ok(RollupColumns {
+            user_id,
+            metric: r.metric.clone(),
+            period: r.period.as_str(),
+            bucket_start,
+            value: r.value.filter(|_| live),
+            min: r.min.filter(|_| live),
+            max: r.max.filter(|_| live),
+            count: if live { r.count } else { 0 },
+            sources: if live { r.sources.clone() } else { Vec::new() },
+            deleted: r.deleted,
+            version: r.version,
+        })
+    }
+}
+
+/// `YYYY-MM-DD` for DAY, `YYYY-MM-DDTHH:00:00` for HOUR (a bucket starts on the hour).
+fn parse_bucket_start(period: Period, text: &str) -> Result<NaiveDateTime, InvalidRecord> {
+    match period {
+        Period::Day => NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map(|d| d.and_time(NaiveTime::MIN))
+            .map_err(|_| InvalidRecord("bucketStart of a DAY bucket is not YYYY-MM-DD")),
+        Period::Hour => {
+            let t = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S").map_err(|_| {
+                InvalidRecord("bucketStart of an HOUR bucket is not YYYY-MM-DDTHH:00:00")
+            })?;
+            if t.and_utc().timestamp() % 3600 != 0 {
+                return Err(InvalidRecord(
+                    "bucketStart of an HOUR bucket is not on the hour",
+                ));
+            }
+            Ok(t)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::StoredRow;
+
+    fn upsert(period: Period, bucket: &str) -> RollupUpsert {
+        RollupUpsert {
+            user_id: Uuid::nil().to_string(),
+            metric: "STEPS".into(),
+            period,
+            bucket_start: bucket.into(),
+            version: 1,
+            deleted: false,
+            value: Some(1.0),
+            min: None,
+            max: None,
+            count: 1,
+            sources: vec![],
+            applied_seq: 1,
+        }
+    }
+
+    #[test]
+    fn parses_day_and_hour_buckets() {
+        let d = StoredRow::parse(upsert(Period::Day, "2026-11-23")).unwrap();
+        assert_eq!(d.columns.bucket_start.to_string(), "2026-11-23 00:00:00");
+        let h = StoredRow::parse(upsert(Period::Hour, "2026-11-23T05:00:00")).unwrap();
+        assert_eq!(h.columns.bucket_start.to_string(), "2026-11-23 05:00:00");
+    }
+
+    #[test]
+    fn refuses_unusable_records() {
+        for (period, bucket) in [
+            (Period::Day, "2026-11-23T00:00:00"),
+            (Period::Day, "2026-02-30"),
+            (Period::Hour, "2026-11-23"),
+            (Period::Hour, "2026-11-23T05:30:00"),
+        ] {
+            assert!(
+                StoredRow::parse(upsert(period, bucket)).is_err(),
+                "{bucket}"
+            );
+        }
+        let mut bad_user = upsert(Period::Day, "2026-11-23");
+        bad_user.user_id = "someone".into();
+        assert_eq!(
+            StoredRow::parse(bad_user).err(),
+            Some(InvalidRecord("userId is not a UUID"))
+        );
+    }
+
+    #[test]
+    fn a_deleted_bucket_keeps_only_its_version() {
+        let mut r = upsert(Period::Day, "2026-11-23");
+        r.deleted = true;
+        r.version = 9;
+        let c = StoredRow::parse(r).unwrap().columns;
+        assert_eq!((c.value, c.count, c.version), (None, 0, 9));
+    }
+}
