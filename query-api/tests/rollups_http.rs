@@ -44,13 +44,19 @@ async fn a_fresh_answer_has_the_users_buckets_and_zero_lag() {
     assert_eq!(
         body["data"][0],
         json!({
-            "start": "2026-03-01", "value": 1000.0, "min": 999.0, "max": 1001.0, "count": 3,
+            "localStart": "2026-03-01", "value": 1000.0, "min": 999.0, "max": 1001.0, "count": 3,
             "sources": ["apple_watch:w1", "iphone:p1"]
         })
     );
     assert_eq!(
         body["freshness"],
-        json!({ "status": "fresh", "latestSeq": 5, "appliedSeq": 5, "lagSeconds": 0.0 })
+        json!({
+            "status": "fresh", "latestSeq": 5, "appliedSeq": 5, "lagSeconds": 0.0,
+            "streams": [{
+                "stream": "samples", "status": "fresh", "latestSeq": 5, "appliedSeq": 5,
+                "lagSeconds": 0.0
+            }]
+        })
     );
 }
 
@@ -96,7 +102,13 @@ async fn a_user_without_data_gets_an_empty_fresh_answer() {
     assert_eq!(body["data"], json!([]));
     assert_eq!(
         body["freshness"],
-        json!({ "status": "fresh", "latestSeq": 0, "appliedSeq": 0, "lagSeconds": 0.0 })
+        json!({
+            "status": "fresh", "latestSeq": 0, "appliedSeq": 0, "lagSeconds": 0.0,
+            "streams": [{
+                "stream": "samples", "status": "fresh", "latestSeq": 0, "appliedSeq": 0,
+                "lagSeconds": 0.0
+            }]
+        })
     );
     // Accepted but nothing applied yet: stale, with the first change's age.
     let user = Uuid::new_v4();

@@ -25,8 +25,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::QueryError;
 use crate::params::RangeLimits;
-use crate::store::ReadStore;
-use crate::telemetry::{RequestCompleted, Telemetry};
+use crate::store::{ReadQuery, ReadStore};
+use crate::telemetry::{ReadModelAnswered, RequestCompleted, Telemetry};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -84,6 +84,7 @@ impl AppState {
         model::RollupsAnswer,
         model::RollupPoint,
         model::Freshness,
+        model::StreamFreshness,
         model::FreshnessStatus,
         pulseline_ingest_gateway::error::ErrorEnvelope,
         pulseline_ingest_gateway::error::ErrorBody,
@@ -146,6 +147,36 @@ pub fn router(state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
         )
         .with_state(state)
+}
+
+/// The query string as pairs (repeats kept, so a parameter given twice can be refused).
+fn query_pairs(
+    query: Result<
+        axum::extract::Query<Vec<(String, String)>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Vec<(String, String)>, QueryError> {
+    query
+        .map(|q| q.0)
+        .map_err(|_| QueryError::invalid("query", "the query string is malformed"))
+}
+
+/// Serves one read-model query for the caller: its rows and freshness from one snapshot,
+/// counted by read model and freshness. Every read-model handler goes through here.
+async fn serve<Q: ReadQuery>(
+    state: &AppState,
+    user: uuid::Uuid,
+    query: &Q,
+) -> Result<(Vec<Q::Point>, model::Freshness), QueryError> {
+    use pulseline_schemas::ReadModel;
+    let (data, freshness) = state.store.read(user, query).await?;
+    state.telemetry.emit(ReadModelAnswered {
+        read_model: Q::Model::NAME,
+        fresh: freshness.status == model::FreshnessStatus::Fresh,
+        lag_seconds: freshness.lag_seconds,
+        points: data.len(),
+    });
+    Ok((data, freshness))
 }
 
 async fn not_found() -> QueryError {

@@ -6,16 +6,23 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use pulseline_ingest_gateway::auth::AuthUser;
 
+use chrono::NaiveDateTime;
+use futures::future::BoxFuture;
+use pulseline_schemas::records::RollupUpsert;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
 use super::AppState;
-use super::model::RollupsAnswer;
+use super::model::{RollupPoint, RollupsAnswer};
 use crate::error::QueryError;
 use crate::params::RollupsQuery;
-use crate::telemetry::ReadModelAnswered;
+use crate::store::ReadQuery;
 
 /// Daily or hourly rollups of one metric, with freshness.
 ///
-/// Buckets are local days or hours (the samples' own time-zone offsets); `from` and `to`
-/// are local days, both included. Deleted buckets and buckets without samples are absent.
+/// Buckets are local days or hours (the samples' own time-zone offsets), named by their
+/// `localStart` wall-clock time without an offset; `from` and `to` are local days, both
+/// included. Deleted buckets and buckets without samples are absent.
 /// `freshness` compares the ingest sequence the rollups reflect with the newest one the
 /// gateway accepted for the caller.
 #[utoipa::path(
@@ -42,16 +49,8 @@ pub async fn get_rollups(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<RollupsAnswer>, QueryError> {
-    let Query(pairs) =
-        query.map_err(|_| QueryError::invalid("query", "the query string is malformed"))?;
-    let q = RollupsQuery::parse(&pairs, state.limits)?;
-    let (data, freshness) = state.store.rollups(caller.user_id, &q).await?;
-    state.telemetry.emit(ReadModelAnswered {
-        read_model: "rollups",
-        fresh: freshness.applied_seq == freshness.latest_seq,
-        lag_seconds: freshness.lag_seconds,
-        points: data.len(),
-    });
+    let q = RollupsQuery::parse(&super::query_pairs(query)?, state.limits)?;
+    let (data, freshness) = super::serve(&state, caller.user_id, &q).await?;
     Ok(Json(RollupsAnswer {
         metric: q.metric.code().to_owned(),
         unit: q.metric.canonical_unit().to_owned(),
@@ -59,4 +58,52 @@ pub async fn get_rollups(
         data,
         freshness,
     }))
+}
+
+type RollupRow = (
+    NaiveDateTime,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    i64,
+    Vec<String>,
+);
+
+impl ReadQuery for RollupsQuery {
+    type Model = RollupUpsert;
+    type Point = RollupPoint;
+
+    fn fetch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        user: Uuid,
+    ) -> BoxFuture<'a, Result<Vec<RollupPoint>, sqlx::Error>> {
+        Box::pin(async move {
+            let (start, end) = self.bucket_range();
+            let rows: Vec<RollupRow> = sqlx::query_as(
+                "SELECT bucket_start, value, min, max, count, sources FROM rollup \
+                 WHERE user_id = $1 AND metric = $2 AND period = $3 \
+                   AND bucket_start >= $4 AND bucket_start < $5 AND NOT deleted \
+                 ORDER BY bucket_start",
+            )
+            .bind(user)
+            .bind(self.metric.code())
+            .bind(self.period.stored())
+            .bind(start)
+            .bind(end)
+            .fetch_all(conn)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(start, value, min, max, count, sources)| RollupPoint {
+                    local_start: self.period.format_start(start),
+                    value,
+                    min,
+                    max,
+                    count,
+                    sources,
+                })
+                .collect())
+        })
+    }
 }

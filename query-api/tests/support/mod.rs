@@ -163,7 +163,7 @@ pub fn starts(body: &Value) -> Vec<String> {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|p| p["start"].as_str().unwrap_or_default().to_owned())
+                .map(|p| p["localStart"].as_str().unwrap_or_default().to_owned())
                 .collect()
         })
         .unwrap_or_default()
