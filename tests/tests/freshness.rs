@@ -1,0 +1,238 @@
+//! End to end, every part real and in this process (gateway → relay → stream processors →
+//! Postgres sink → query API, on the local stack): every accepted change advances a read
+//! model's freshness, including changes that touch none of its rows. Needs
+//! `scripts/stack up` (Postgres, broker, schema registry).
+
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, TimeDelta, Utc};
+use pulseline_ingest_gateway::app::Application as Gateway;
+use pulseline_ingest_gateway::auth::{Role, issue_hs256_token};
+use pulseline_ingest_gateway::config::Config as GatewayConfig;
+use pulseline_ingest_gateway::relay::{OutboxRelay, RelayConfig};
+use pulseline_query_api::app::Application as QueryApi;
+use pulseline_query_api::config::Config as QueryConfig;
+use pulseline_sinks::app::SinkApplication;
+use pulseline_sinks::config::SinkConfig;
+use pulseline_stream_processors::processors::{ProcessorsConfig, registry};
+use pulseline_stream_processors::runtime::{Runtime, RuntimeConfig, RuntimeHandle};
+use pulseline_testkit::{Stack, TestDatabase};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// The whole pipeline on a private database and topic prefix.
+struct Pipeline {
+    _db: TestDatabase,
+    gateway_url: String,
+    query_url: String,
+    secret: String,
+    processors: RuntimeHandle,
+    http: reqwest::Client,
+}
+
+impl Pipeline {
+    /// Starts every service; the processors dead-letter records more than a day older
+    /// than the user's newest (`TOO_LATE`), so a test can provoke a dead letter.
+    async fn start(test: &str) -> Self {
+        let stack = Stack::from_env();
+        let db = stack.create_database().await;
+        let prefix = stack.unique_prefix(test);
+        stack.create_topics(&prefix).await;
+        let any_port = "127.0.0.1:0".parse().expect("address");
+
+        let gateway_config = GatewayConfig {
+            addr: any_port,
+            database_url: db.url.clone(),
+            kafka_bootstrap: stack.kafka_bootstrap.clone(),
+            ..GatewayConfig::default()
+        };
+        let secret = gateway_config.jwt_secret.clone();
+        let gateway = Gateway::build(gateway_config).await.expect("gateway");
+        let gateway_url = format!("http://{}", gateway.local_addr());
+        tokio::spawn(gateway.run_until(std::future::pending()));
+
+        let relay = OutboxRelay::build(RelayConfig {
+            database_url: db.url.clone(),
+            kafka_bootstrap: stack.kafka_bootstrap.clone(),
+            schema_registry_url: stack.schema_registry_url.clone(),
+            topic_prefix: prefix.clone(),
+            metrics_addr: any_port,
+            ..RelayConfig::default()
+        })
+        .await
+        .expect("relay");
+        tokio::spawn(relay.run_until(std::future::pending::<()>()));
+
+        let sink = SinkApplication::build(SinkConfig {
+            database_url: db.url.clone(),
+            kafka_bootstrap: stack.kafka_bootstrap.clone(),
+            schema_registry_url: stack.schema_registry_url.clone(),
+            topic_prefix: prefix.clone(),
+            metrics_addr: any_port,
+            ..SinkConfig::default()
+        })
+        .await
+        .expect("sink");
+        tokio::spawn(sink.run_until(std::future::pending::<()>()));
+
+        let query = QueryApi::build(QueryConfig {
+            addr: any_port,
+            database_url: db.url.clone(),
+            ..QueryConfig::default()
+        })
+        .await
+        .expect("query API");
+        let query_url = format!("http://{}", query.local_addr());
+        tokio::spawn(query.run_until(std::future::pending()));
+
+        let runtime = RuntimeConfig {
+            kafka_bootstrap: stack.kafka_bootstrap.clone(),
+            schema_registry_url: stack.schema_registry_url.clone(),
+            topic_prefix: prefix,
+            allowed_lateness_days: 1,
+            ..RuntimeConfig::default()
+        };
+        let processors = Runtime::new(runtime, registry(&ProcessorsConfig::default()))
+            .expect("processors")
+            .start();
+        let joining = Instant::now();
+        while processors.status().assigned().is_empty() {
+            assert!(
+                joining.elapsed() < Duration::from_secs(60),
+                "the processors got no partitions within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self {
+            _db: db,
+            gateway_url,
+            query_url,
+            secret,
+            processors,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn token(&self, user: Uuid) -> String {
+        issue_hs256_token(&self.secret, user, Role::User, 3600)
+    }
+
+    /// Uploads one batch; returns the user's sequence after it.
+    async fn upload(&self, user: Uuid, samples: Vec<Value>) -> i64 {
+        let body = json!({
+            "requestId": Uuid::new_v4(),
+            "source": { "sourceId": "watch-1", "deviceType": "apple_watch" },
+            "samples": samples,
+        });
+        let answer: Value = self
+            .http
+            .post(format!("{}/v1/samples:batch", self.gateway_url))
+            .bearer_auth(self.token(user))
+            .json(&body)
+            .send()
+            .await
+            .expect("gateway answers")
+            .json()
+            .await
+            .expect("JSON answer");
+        assert_eq!(answer["accepted"], 1, "{answer}");
+        answer["userSeq"].as_i64().expect("userSeq")
+    }
+
+    async fn rollups(&self, user: Uuid, metric: &str) -> Value {
+        let today = Utc::now().date_naive();
+        let url = format!(
+            "{}/v1/me/rollups?metric={metric}&period=day&from={}&to={}",
+            self.query_url,
+            today - TimeDelta::days(20),
+            today + TimeDelta::days(1)
+        );
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(self.token(user))
+            .send()
+            .await
+            .expect("query API answers");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("JSON answer")
+    }
+
+    /// Waits until the user's rollups are fresh at `seq`; returns the answer.
+    async fn fresh_at(&self, user: Uuid, metric: &str, seq: i64) -> Value {
+        let began = Instant::now();
+        loop {
+            let answer = self.rollups(user, metric).await;
+            let f = &answer["freshness"];
+            if f["status"] == "fresh" && f["appliedSeq"] == seq {
+                assert_eq!(f["latestSeq"], seq, "{answer}");
+                return answer;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "still not fresh at {seq} after 60 s: {f}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn at(minutes_ago: i64) -> String {
+    (Utc::now() - TimeDelta::minutes(minutes_ago)).to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn heart_rate(record: &str, minutes_ago: i64) -> Value {
+    json!({"sourceRecordId": record, "metric": "HEART_RATE", "value": 61.0,
+           "unit": "count/min", "startAt": at(minutes_ago)})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_that_touch_no_rollup_row_still_end_fresh() {
+    let p = Pipeline::start("fresh").await;
+
+    // A category the rollups ignore: a user whose only upload is one sleep stage.
+    let sleeper = Uuid::new_v4();
+    let seq = p
+        .upload(
+            sleeper,
+            vec![
+                json!({"sourceRecordId": "s-1", "metric": "SLEEP_STAGE", "category": "light",
+                        "startAt": at(200), "endAt": at(150)}),
+            ],
+        )
+        .await;
+    assert_eq!(seq, 1);
+
+    // A dead-lettered record: accepted by the gateway (inside its window), then refused by
+    // the processor as older than its allowed lateness (one day behind the newest sample).
+    let late = Uuid::new_v4();
+    let recent_day = (Utc::now() - TimeDelta::minutes(5)).date_naive();
+    p.upload(late, vec![heart_rate("hr-now", 5)]).await;
+    let seq_late = p
+        .upload(late, vec![heart_rate("hr-old", 10 * 24 * 60)])
+        .await;
+    assert_eq!(seq_late, 2);
+
+    let answer = p.fresh_at(sleeper, "HEART_RATE", 1).await;
+    assert_eq!(answer["data"], json!([]), "a sleep stage makes no rollup");
+
+    let answer = p.fresh_at(late, "HEART_RATE", 2).await;
+    let days: Vec<&Value> = answer["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|d| &d["localStart"])
+        .collect();
+    assert_eq!(
+        days,
+        vec![&json!(recent_day.to_string())],
+        "only today's sample is in the rollups: the old one was dead-lettered"
+    );
+    let metrics = p.processors.metrics().render();
+    assert!(
+        metrics.contains(r#"pulseline_processor_dead_letters_total{reason="TOO_LATE"} 1"#),
+        "{metrics}"
+    );
+
+    p.processors.shutdown().await.expect("processors stop");
+}
