@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use pulseline_schemas::{AvroCodec, AvroRecord};
 use serde::{Deserialize, Serialize};
 
-use pulseline_schemas::{ReadModel, ReadModelProgress};
+use pulseline_schemas::{AppliedSeqs, ReadModel, ReadModelProgress};
 
 use crate::processor::{
     Applied, ChangeId, Context, Flush, Input, KeyOf, Processor, Rejection, Stream,
@@ -71,7 +71,7 @@ struct UserSlot<S, K> {
     /// A change of this batch was consumed (applied or dead-lettered): report progress.
     touched: bool,
     /// Rows touched in this batch, with the newest change that touched each.
-    rows: BTreeMap<K, ChangeId>,
+    rows: BTreeMap<K, (ChangeId, Stream)>,
 }
 
 impl<S: Default, K> Default for UserSlot<S, K> {
@@ -109,6 +109,19 @@ fn split_changelog_key(key: &[u8]) -> Option<(u8, &str, &[u8])> {
 /// The user a changelog key belongs to (for partitioning).
 pub fn changelog_user(key: &[u8]) -> Option<&str> {
     split_changelog_key(key).map(|(_, user, _)| user)
+}
+
+/// The applied sequences a row version carries: the sequence of the change it reflects, on
+/// that change's stream. A function of the version alone, so equal versions carry equal
+/// content whatever the batch boundaries; the user's progress travels in the progress
+/// records, which carry everything applied by the end of the batch.
+fn version_seqs(change: ChangeId, stream: Stream) -> AppliedSeqs {
+    let mut seqs = AppliedSeqs::default();
+    match stream {
+        Stream::Samples => seqs.samples = change.seq,
+        Stream::Events => seqs.events = change.seq,
+    }
+    seqs
 }
 
 /// What one batch produced for one processor and partition.
@@ -198,8 +211,8 @@ impl<P: Processor> PartitionTask<P> {
             match self.processor.apply(&mut ctx, &mut slot.state, input) {
                 Ok(()) => {
                     for key in self.keys.drain(..) {
-                        let newest = slot.rows.entry(key).or_insert(change);
-                        *newest = (*newest).max(change);
+                        let newest = slot.rows.entry(key).or_insert((change, stream));
+                        *newest = (*newest).max((change, stream));
                     }
                     slot.meta.watermark = Some(
                         slot.meta
@@ -245,10 +258,10 @@ impl<P: Processor> PartitionTask<P> {
                     &mut Flush::new(&user, &touched, &mut rendered),
                     &mut slot.state,
                 );
-                for (key, change) in touched {
+                for (key, (change, stream)) in touched {
                     match rendered.remove(&key) {
                         Some(mut row) => {
-                            row.stamp(change.version(), applied);
+                            row.stamp(change.version(), version_seqs(change, stream));
                             out.outputs.push(row);
                         }
                         None => out.violations.push(format!(

@@ -203,14 +203,14 @@ impl<'a, K> Context<'a, K> {
 #[derive(Debug)]
 pub struct Flush<'a, M: ReadModel> {
     user_id: &'a str,
-    touched: &'a BTreeMap<M::Key, ChangeId>,
+    touched: &'a BTreeMap<M::Key, (ChangeId, Stream)>,
     rows: &'a mut BTreeMap<M::Key, M>,
 }
 
 impl<'a, M: ReadModel> Flush<'a, M> {
     pub(crate) fn new(
         user_id: &'a str,
-        touched: &'a BTreeMap<M::Key, ChangeId>,
+        touched: &'a BTreeMap<M::Key, (ChangeId, Stream)>,
         rows: &'a mut BTreeMap<M::Key, M>,
     ) -> Self {
         Self {

@@ -15,8 +15,8 @@ use pulseline_schemas::records::{RollupKey, RollupUpsert};
 use pulseline_stream_processors::engine::register;
 use pulseline_stream_processors::processors::{ProcessorsConfig, Rollups, registry};
 use pulseline_stream_processors::runtime::{Faults, Runtime, RuntimeConfig, RuntimeHandle};
+use pulseline_stream_processors::testing::Gen;
 use pulseline_stream_processors::{Context, Flush, Input, Processor, Rejection};
-use support::changes::Gen;
 use support::kafka::{Env, wait_for};
 
 /// Twelve users, spread over the six partitions by the murmur2 partitioner.
@@ -70,13 +70,26 @@ async fn duplicates_corrections_deletions_and_backlog_equal_the_oracle() {
     let skipped = handle.metrics().count("skipped", "rollups");
     let distinct: std::collections::HashSet<_> = changes
         .iter()
-        .map(|c| (c.user_id.clone(), c.change_seq))
+        .map(|c| (c.user_id.clone(), c.change_seq, c.change_index))
         .collect();
     assert_eq!(
         skipped as usize,
         changes.len() - distinct.len(),
         "duplicates skipped"
     );
+    // The dead-lettered record still advanced its user's progress on the read model.
+    let last_progress = env
+        .rollup_records()
+        .await
+        .into_iter()
+        .filter_map(|r| match r {
+            pulseline_schemas::ReadModelRecord::Progress(p) if p.user_id == unknown.user_id => {
+                Some(p.samples_seq)
+            }
+            _ => None,
+        })
+        .last();
+    assert_eq!(last_progress, Some(1_000_000));
     assert!(handle.status().aborted_batches() == 0);
     handle.shutdown().await.unwrap();
 }

@@ -2,7 +2,6 @@
 //! change streams, and helpers around the read model.
 #![allow(dead_code)]
 
-pub mod changes;
 pub mod kafka;
 pub use pulseline_stream_processors::oracle;
 

@@ -1,4 +1,5 @@
-//! Generates change streams as the gateway would publish them for a few users: several
+//! Generates change streams as the gateway would publish them for a few users: requests of
+//! one or several items (one sequence per request, the items indexed 0, 1, ...), several
 //! sources with overlapping samples, corrections, deletions, duplicates (a change id sent
 //! twice), out-of-order event times (offline backlog), time-zone changes (DST, travel) and
 //! samples crossing midnight. Change ids increase per user in publication order.
@@ -28,9 +29,16 @@ const MINUTE: i64 = 60_000_000;
 /// 2026-03-28T00:00:00Z: the weekend Europe switches to summer time.
 pub const BASE: i64 = 1_774_656_000_000_000;
 
+/// A seeded generator of sample changes (deterministic for a seed).
+#[derive(Debug)]
 pub struct Gen {
     pub rng: StdRng,
-    seq: std::collections::HashMap<String, i64>,
+    /// Per user: the last request's sequence and the next index within it.
+    ids: std::collections::HashMap<String, (i64, i32)>,
+    /// Per user: indexes into `published` of the user's changes.
+    by_user: std::collections::HashMap<String, Vec<usize>>,
+    /// Items left in the request being published, per user.
+    open: std::collections::HashMap<String, usize>,
     pub published: Vec<SampleChange>,
 }
 
@@ -39,15 +47,38 @@ impl Gen {
         use rand::SeedableRng;
         Self {
             rng: StdRng::seed_from_u64(seed),
-            seq: Default::default(),
+            ids: Default::default(),
+            by_user: Default::default(),
+            open: Default::default(),
             published: Vec::new(),
         }
     }
 
+    /// The next change id of `user`: the next index of the open request, or a new request
+    /// (new sequence, index 0) of one to five items.
     fn next_id(&mut self, user: &str) -> (i64, i32) {
-        let s = self.seq.entry(user.to_owned()).or_insert(0);
-        *s += 1;
-        (*s, 0)
+        let left = self.open.entry(user.to_owned()).or_insert(0);
+        let id = self.ids.entry(user.to_owned()).or_insert((0, 0));
+        if *left == 0 {
+            *left = if self.rng.random_bool(0.4) {
+                self.rng.random_range(2..=5)
+            } else {
+                1
+            };
+            *id = (id.0 + 1, 0);
+        }
+        *left -= 1;
+        let current = *id;
+        id.1 += 1;
+        current
+    }
+
+    fn record(&mut self, s: &SampleChange) {
+        self.by_user
+            .entry(s.user_id.clone())
+            .or_default()
+            .push(self.published.len());
+        self.published.push(s.clone());
     }
 
     fn offset(&mut self, source: usize) -> i32 {
@@ -132,22 +163,20 @@ impl Gen {
         let (seq, index) = self.next_id(&s.user_id);
         s.change_seq = seq;
         s.change_index = index;
-        self.published.push(s.clone());
+        self.record(&s);
         s
     }
 
     /// One more change for `user`: a new sample, a correction, a deletion, or a
     /// duplicate of an earlier change (same change id, published again).
     pub fn step(&mut self, user: &str) -> SampleChange {
-        let mine: Vec<usize> = (0..self.published.len())
-            .filter(|&i| self.published[i].user_id == user)
-            .collect();
+        let mine = self.by_user.get(user).map_or(0, Vec::len);
         let r = self.rng.random_range(0..100);
-        if mine.is_empty() || r < 55 {
+        if mine == 0 || r < 55 {
             let s = self.fresh(user);
             return self.publish(s);
         }
-        let pick = self.published[mine[self.rng.random_range(0..mine.len())]].clone();
+        let pick = self.published[self.by_user[user][self.rng.random_range(0..mine)]].clone();
         match r {
             55..=74 => {
                 // correction of an existing natural key: new value, maybe new interval,
@@ -174,7 +203,7 @@ impl Gen {
             }
             _ => {
                 // the relay publishing a change again: same change id, same content
-                self.published.push(pick.clone());
+                self.record(&pick);
                 pick
             }
         }

@@ -1,0 +1,231 @@
+//! Test support shared by every processor's tests (feature `testing`, never in the
+//! production surface): a generator of realistic change streams, and one oracle check that
+//! drives a processor through the engine the way the runtime does, with random batch
+//! boundaries, aborted-but-visible batches, restarts from the changelog and duplicates,
+//! and compares the folded read model with a brute-force oracle.
+
+pub mod changes;
+pub mod golden;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+
+use pulseline_schemas::{AvroRecord, ReadModel};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::engine::Outcome;
+use crate::harness::Harness;
+use crate::processor::{ChangeId, Input, Processor};
+
+pub use changes::Gen;
+
+/// A brute-force model of one read model, sharing no code with its processor.
+pub trait Oracle<M: ReadModel> {
+    /// What the oracle compares: the fields of a row that carry meaning.
+    type Row: Debug;
+    /// Every live row, keyed like `AvroRecord::key`, from the changes in any order
+    /// (a change id seen twice counts once).
+    fn expected(&self, changes: &[Input]) -> BTreeMap<String, Self::Row>;
+    /// The oracle's view of an emitted row.
+    fn observe(&self, row: &M) -> Self::Row;
+    /// The differences between two read models (empty when they agree, to the oracle's
+    /// tolerance).
+    fn diff(
+        &self,
+        actual: &BTreeMap<String, Self::Row>,
+        expected: &BTreeMap<String, Self::Row>,
+    ) -> Vec<String>;
+}
+
+/// How `check_against_oracle` drives the processor.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckOptions {
+    /// Seeds the batch boundaries and aborts.
+    pub seed: u64,
+    /// Largest batch (records per transaction).
+    pub max_batch: usize,
+    /// Restart from the changelog after every this many batches (`None`: never).
+    pub restart_every: Option<usize>,
+    /// Chance, in percent, that a batch is first processed and aborted with its outputs
+    /// left visible (as tansu shows them), then replayed with other boundaries.
+    pub abort_percent: u32,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            max_batch: 50,
+            restart_every: Some(3),
+            abort_percent: 10,
+        }
+    }
+}
+
+/// Feeds `changes` to `processor` and checks, panicking with the differences:
+/// - every record is applied or skipped as a duplicate (no dead letters);
+/// - versions of a key only grow across committed batches;
+/// - a key emitted twice with the same version carries the same content, across
+///   everything emitted, aborted batches included (a sink keeps the first it sees);
+/// - each user's last progress record reaches the user's newest change of each stream;
+/// - the folded read model equals the oracle's, before and after a final restart.
+pub fn check_against_oracle<P, O>(processor: P, changes: &[Input], oracle: &O, opts: CheckOptions)
+where
+    P: Processor,
+    P::Output: PartialEq,
+    O: Oracle<P::Output>,
+{
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut h = Harness::new(processor);
+    let mut last_version: BTreeMap<String, i64> = BTreeMap::new();
+    let mut seen: BTreeMap<(String, i64), P::Output> = BTreeMap::new();
+    let mut remember = |rows: &[P::Output]| {
+        for row in rows {
+            let id = (AvroRecord::key(row), row.version());
+            match seen.get(&id) {
+                Some(first) => assert!(
+                    first == row,
+                    "key {} version {} emitted with two contents:\n{first:?}\n{row:?}",
+                    id.0,
+                    id.1
+                ),
+                None => {
+                    seen.insert(id, row.clone());
+                }
+            }
+        }
+    };
+    let split = changes.len() * 4 / 5;
+    let mut i = 0;
+    let mut batches = 0;
+    let mut duplicates = 0;
+    while i < changes.len() {
+        let end = if i < split { split } else { changes.len() };
+        let k = rng.random_range(1..=opts.max_batch).min(end - i);
+        if rng.random_range(0..100) < opts.abort_percent {
+            let k2 = rng.random_range(1..=opts.max_batch).min(end - i);
+            let before = h.outputs().len();
+            h.batch_aborted(changes[i..i + k2].iter().cloned());
+            remember(&h.outputs()[before..]);
+            last_version.clear();
+        }
+        let (outcomes, rows) = h.batch(changes[i..i + k].iter().cloned());
+        for row in rows {
+            let v = last_version.entry(AvroRecord::key(row)).or_insert(i64::MIN);
+            assert!(
+                row.version() > *v,
+                "version of {} went from {v} to {}",
+                AvroRecord::key(row),
+                row.version()
+            );
+            *v = row.version();
+        }
+        remember(rows);
+        for (o, c) in outcomes.iter().zip(&changes[i..i + k]) {
+            assert!(
+                matches!(o, Outcome::Applied | Outcome::Duplicate),
+                "{o:?} for {c:?}"
+            );
+        }
+        duplicates += outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Duplicate)
+            .count();
+        i += k;
+        batches += 1;
+        if i == split || opts.restart_every.is_some_and(|r| batches % r == 0) {
+            h.restart();
+        }
+    }
+
+    let distinct: BTreeSet<(&str, _, ChangeId)> = changes
+        .iter()
+        .map(|c| (c.user_id(), c.stream(), c.change_id()))
+        .collect();
+    assert_eq!(
+        duplicates,
+        changes.len() - distinct.len(),
+        "exactly the republished change ids are skipped"
+    );
+    check_progress::<P>(&h, changes);
+
+    let actual: BTreeMap<String, O::Row> = h
+        .read_model()
+        .iter()
+        .map(|(k, r)| (k.clone(), oracle.observe(r)))
+        .collect();
+    let problems = oracle.diff(&actual, &oracle.expected(changes));
+    assert!(
+        problems.is_empty(),
+        "{} differences from the oracle:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+/// Each user's last progress record names the newest change of each stream it read.
+fn check_progress<P: Processor>(h: &Harness<P>, changes: &[Input]) {
+    let mut newest: BTreeMap<&str, pulseline_schemas::AppliedSeqs> = BTreeMap::new();
+    for c in changes {
+        let seqs = newest.entry(c.user_id()).or_default();
+        match c.stream() {
+            pulseline_schemas::Stream::Samples => {
+                seqs.samples = seqs.samples.max(c.change_id().seq)
+            }
+            pulseline_schemas::Stream::Events => seqs.events = seqs.events.max(c.change_id().seq),
+        }
+    }
+    let mut last: BTreeMap<&str, pulseline_schemas::AppliedSeqs> = BTreeMap::new();
+    for p in h.progress() {
+        last.insert(&p.user_id, p.applied());
+    }
+    for (user, want) in newest {
+        let got = last.get(user).copied().unwrap_or_default();
+        for &stream in <P::Output as ReadModel>::STREAMS {
+            assert_eq!(
+                got.get(stream),
+                want.get(stream),
+                "last progress of {user} on {}",
+                stream.name()
+            );
+        }
+    }
+}
+
+/// The rollups oracle (`crate::oracle`) as an `Oracle`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RollupsOracle;
+
+impl Oracle<pulseline_schemas::records::RollupUpsert> for RollupsOracle {
+    type Row = crate::oracle::Row;
+
+    fn expected(&self, changes: &[Input]) -> BTreeMap<String, crate::oracle::Row> {
+        let samples: Vec<_> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Input::Sample(s) => Some(s.clone()),
+                Input::Event(_) => None,
+            })
+            .collect();
+        crate::oracle::rollups(&samples)
+    }
+
+    fn observe(&self, r: &pulseline_schemas::records::RollupUpsert) -> crate::oracle::Row {
+        crate::oracle::Row {
+            value: r.value,
+            min: r.min,
+            max: r.max,
+            count: r.count,
+            sources: r.sources.clone(),
+        }
+    }
+
+    fn diff(
+        &self,
+        actual: &BTreeMap<String, crate::oracle::Row>,
+        expected: &BTreeMap<String, crate::oracle::Row>,
+    ) -> Vec<String> {
+        crate::oracle::diff(actual, expected)
+    }
+}
