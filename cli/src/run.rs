@@ -477,6 +477,29 @@ async fn post(
 }
 
 /// Compares the gateway's `sample` table with each client's view; returns the differences.
+/// (source, record, start, metric, value, category) of a live sample in Postgres.
+type StoredSampleRow = (
+    String,
+    String,
+    DateTime<Utc>,
+    String,
+    Option<f64>,
+    Option<String>,
+);
+
+/// (user, metric, period, local start, value, min, max, count, sources) of a rollup row.
+type StoredRollupRow = (
+    uuid::Uuid,
+    String,
+    String,
+    String,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    i64,
+    Vec<String>,
+);
+
 async fn check_stored_samples(
     pool: &PgPool,
     users: &[Arc<Mutex<SimulatedUser>>],
@@ -484,14 +507,7 @@ async fn check_stored_samples(
     let mut mismatches = 0;
     for user in users {
         let u = user.lock().await;
-        let rows: Vec<(
-            String,
-            String,
-            DateTime<Utc>,
-            String,
-            Option<f64>,
-            Option<String>,
-        )> = sqlx::query_as(
+        let rows: Vec<StoredSampleRow> = sqlx::query_as(
             "SELECT source_id, source_record_id, start_at, metric, value, category
              FROM sample WHERE user_id = $1 AND NOT deleted",
         )
@@ -572,17 +588,7 @@ async fn check_rollups(
         }
     }
     let expected = oracle::rollups(&changes);
-    let rows: Vec<(
-        uuid::Uuid,
-        String,
-        String,
-        String,
-        Option<f64>,
-        Option<f64>,
-        Option<f64>,
-        i64,
-        Vec<String>,
-    )> = sqlx::query_as(
+    let rows: Vec<StoredRollupRow> = sqlx::query_as(
         "SELECT user_id, metric, period,
                 CASE period WHEN 'DAY' THEN to_char(bucket_start, 'YYYY-MM-DD')
                             ELSE to_char(bucket_start, 'YYYY-MM-DD\"T\"HH24:00:00') END,

@@ -180,8 +180,8 @@ async fn relay_killed_during_http_load_loses_nothing_and_duplicates_nothing_in_e
     assert_per_user_order(&published);
 
     // Replaying each user's records in change-id order gives what the client believes it stored.
-    let mut replayed: HashMap<String, BTreeMap<NaturalKey, (String, Option<f64>, Option<String>)>> =
-        HashMap::new();
+    type Content = (String, Option<f64>, Option<String>);
+    let mut replayed: HashMap<String, BTreeMap<NaturalKey, Content>> = HashMap::new();
     let mut ordered: Vec<_> = by_change.values().collect();
     ordered.sort_by_key(|r| change_key(r));
     for r in ordered {

@@ -132,15 +132,15 @@ impl SimulatedUser {
     pub fn next_upload(&mut self, batch: usize, now: DateTime<Utc>) -> Upload {
         let roll: f64 = self.rng.random();
         let m = self.mix;
-        if let Some((body, items)) = self.last.clone() {
-            if roll < m.retry {
-                return Upload {
-                    kind: RequestKind::Retry,
-                    body,
-                    items,
-                    effects: Vec::new(),
-                };
-            }
+        if let Some((body, items)) = self.last.clone()
+            && roll < m.retry
+        {
+            return Upload {
+                kind: RequestKind::Retry,
+                body,
+                items,
+                effects: Vec::new(),
+            };
         }
         let roll = roll - m.retry;
         if !self.sent.is_empty() {
@@ -194,7 +194,7 @@ impl SimulatedUser {
             if device.device_type == "apple_watch" {
                 let hr = (rhythm + self.rng.random_range(-4.0..4.0)).round();
                 minute.push(("HEART_RATE", Some(hr), None, 0));
-                if asleep && start.minute() % 10 == 0 {
+                if asleep && start.minute().is_multiple_of(10) {
                     let stages = ["core", "deep", "rem", "core", "awake"];
                     let stage = stages[self.rng.random_range(0..stages.len())];
                     minute.push(("SLEEP_STAGE", None, Some(stage), 10));
@@ -204,7 +204,7 @@ impl SimulatedUser {
                 let steps = f64::from(self.rng.random_range(0..120u32));
                 // The phone counts in 5-minute blocks that overlap the watch's minutes.
                 let phone = device.device_type == "iphone";
-                if !phone || start.minute() % 5 == 0 {
+                if !phone || start.minute().is_multiple_of(5) {
                     let len = if phone { 5 } else { 1 };
                     minute.push((
                         "STEPS",

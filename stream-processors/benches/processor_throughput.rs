@@ -5,7 +5,6 @@
 //! Knobs (env): BENCH_USERS (20), BENCH_MINUTES (1000 per user, two sources each).
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -88,7 +88,7 @@ async fn duplicates_corrections_deletions_and_backlog_equal_the_oracle() {
             }
             _ => None,
         })
-        .last();
+        .next_back();
     assert_eq!(last_progress, Some(1_000_000));
     assert!(handle.status().aborted_batches() == 0);
     handle.shutdown().await.unwrap();
