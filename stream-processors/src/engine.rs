@@ -85,30 +85,34 @@ impl<S: Default, K> Default for UserSlot<S, K> {
     }
 }
 
-/// Changelog key layout: `[tag][user id][0x00][state sub-key]`. User ids never contain NUL
-/// (the gateway takes them from a UUID claim).
-const TAG_STATE: u8 = b's';
-const TAG_META: u8 = b'm';
-
-fn changelog_key(tag: u8, user: &str, sub: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(2 + user.len() + sub.len());
-    key.push(tag);
-    key.extend_from_slice(user.as_bytes());
-    key.push(0);
-    key.extend_from_slice(sub);
-    key
+/// What a changelog entry is about: a user's bookkeeping, or one entry of one of the
+/// user's state tables. Encoded with the state codec; the compacted changelog keeps the
+/// latest value of each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum ChangelogKey {
+    Meta {
+        user: String,
+    },
+    Table {
+        user: String,
+        table: String,
+        key: Vec<u8>,
+    },
 }
 
-fn split_changelog_key(key: &[u8]) -> Option<(u8, &str, &[u8])> {
-    let (&tag, rest) = key.split_first()?;
-    let nul = rest.iter().position(|&b| b == 0)?;
-    let user = std::str::from_utf8(&rest[..nul]).ok()?;
-    Some((tag, user, &rest[nul + 1..]))
+impl ChangelogKey {
+    fn user(&self) -> &str {
+        match self {
+            ChangelogKey::Meta { user } | ChangelogKey::Table { user, .. } => user,
+        }
+    }
 }
 
-/// The user a changelog key belongs to (for partitioning).
-pub fn changelog_user(key: &[u8]) -> Option<&str> {
-    split_changelog_key(key).map(|(_, user, _)| user)
+/// The user a changelog key belongs to (diagnostics, partitioning checks).
+pub fn changelog_user(key: &[u8]) -> Option<String> {
+    state::decode::<ChangelogKey>("changelog key", key)
+        .ok()
+        .map(|k| k.user().to_owned())
 }
 
 /// The applied sequences a row version carries: the sequence of the change it reflects, on
@@ -282,45 +286,58 @@ impl<P: Processor> PartitionTask<P> {
                 <P::Output as ReadModel>::NAME,
                 applied,
             ));
-            sub.clear();
-            slot.state.drain_changes(&mut sub)?;
-            for e in sub.drain(..) {
-                out.state.push(ChangelogEntry {
-                    key: changelog_key(TAG_STATE, &user, &e.key),
-                    value: e.value,
-                });
+            for (table, entries) in slot.state.tables() {
+                sub.clear();
+                entries.drain_changes(&mut sub)?;
+                for e in sub.drain(..) {
+                    let key = ChangelogKey::Table {
+                        user: user.clone(),
+                        table: table.to_owned(),
+                        key: e.key,
+                    };
+                    out.state.push(ChangelogEntry {
+                        key: state::encode("changelog key", &key)?,
+                        value: e.value,
+                    });
+                }
             }
             out.meta.push(ChangelogEntry {
-                key: changelog_key(TAG_META, &user, &[]),
+                key: state::encode("changelog key", &ChangelogKey::Meta { user: user.clone() })?,
                 value: Some(state::encode("user meta", &slot.meta)?),
             });
         }
         Ok(out)
     }
 
-    /// Replays one changelog entry (partition assignment).
+    /// Replays one changelog entry (partition assignment). Call `finish_restore` after
+    /// the last one.
     pub fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError> {
-        let (tag, user, sub) = split_changelog_key(key)
-            .ok_or_else(|| StateError::UnknownKey(String::from_utf8_lossy(key).into_owned()))?;
-        match tag {
-            TAG_META => {
-                let slot = self.users.entry(user.to_owned()).or_default();
+        match state::decode::<ChangelogKey>("changelog key", key)? {
+            ChangelogKey::Meta { user } => {
+                let slot = self.users.entry(user).or_default();
                 slot.meta = match value {
                     Some(v) => state::decode("user meta", v)?,
                     None => UserMeta::default(),
                 };
             }
-            TAG_STATE => {
-                let slot = self.users.entry(user.to_owned()).or_default();
-                slot.state.restore(sub, value)?;
-            }
-            _ => {
-                return Err(StateError::UnknownKey(
-                    String::from_utf8_lossy(key).into_owned(),
-                ));
+            ChangelogKey::Table { user, table, key } => {
+                let slot = self.users.entry(user).or_default();
+                let mut tables = slot.state.tables();
+                let (_, entries) = tables
+                    .iter_mut()
+                    .find(|(name, _)| *name == table)
+                    .ok_or(StateError::UnknownTable(table))?;
+                entries.restore(&key, value)?;
             }
         }
         Ok(())
+    }
+
+    /// Ends a restore: every user's state rebuilds what it derives from its tables.
+    pub fn finish_restore(&mut self) {
+        for slot in self.users.values_mut() {
+            slot.state.restored();
+        }
     }
 
     /// The bookkeeping of one user (tests, diagnostics).
@@ -410,6 +427,7 @@ pub trait DynTask: Send + Debug {
     fn apply(&mut self, input: &Input) -> Outcome;
     fn finish_batch(&mut self) -> Result<BatchOutput<Box<dyn EncodeOutput>>, StateError>;
     fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError>;
+    fn finish_restore(&mut self);
     fn user_count(&self) -> usize;
 }
 
@@ -465,6 +483,9 @@ impl<P: Processor> DynTask for ErasedTask<P> {
     fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError> {
         self.task.restore(key, value)
     }
+    fn finish_restore(&mut self) {
+        self.task.finish_restore();
+    }
     fn user_count(&self) -> usize {
         self.task.user_count()
     }
@@ -480,16 +501,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn changelog_keys_split_back() {
-        let k = changelog_key(TAG_STATE, "user-1", b"[\"x\",1]");
-        assert_eq!(
-            split_changelog_key(&k),
-            Some((TAG_STATE, "user-1", &b"[\"x\",1]"[..]))
-        );
-        assert_eq!(
-            changelog_user(&changelog_key(TAG_META, "u", &[])),
-            Some("u")
-        );
-        assert_eq!(split_changelog_key(b"snonul"), None);
+    fn changelog_keys_name_their_user() {
+        let key = ChangelogKey::Table {
+            user: "user-1".into(),
+            table: "samples".into(),
+            key: vec![0, 1, 2],
+        };
+        let bytes = state::encode("k", &key).unwrap();
+        assert_eq!(state::decode::<ChangelogKey>("k", &bytes).unwrap(), key);
+        assert_eq!(changelog_user(&bytes).as_deref(), Some("user-1"));
+        assert_eq!(changelog_user(b"\xff\xff"), None);
     }
 }

@@ -104,6 +104,7 @@ impl<P: Processor> Harness<P> {
             task.restore(&e.key, e.value.as_deref())
                 .unwrap_or_else(|err| panic!("restoring changelog entry: {err}"));
         }
+        task.finish_restore();
         self.task = task;
     }
 

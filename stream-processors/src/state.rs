@@ -1,18 +1,27 @@
-//! Per-user processor state and how it travels through the changelog.
+//! Per-user processor state, declared as named tables, and how it travels through the
+//! changelog.
 //!
-//! A processor's state is a plain Rust value per user. The runtime persists it as a set of
-//! changelog entries (sub-key -> value, `None` = removed) on a compacted topic, writing only
-//! the entries that changed in a batch, and rebuilds it on partition assignment by replaying
-//! the entries in order. `Table` is the ready-made state for processors that need a map;
-//! a processor with derived indexes implements `State` itself (see the rollups state).
+//! A processor's state is a struct whose persisted parts are `Table`s, declared with
+//! `state_tables!` (the field name is the table's name). The runtime persists each table as
+//! changelog entries (`(user, table, key) -> value`, `None` = removed) on a compacted
+//! topic, writing only the entries changed in a batch, and rebuilds the tables on
+//! partition assignment by replaying the entries in order; `State::restored` then rebuilds
+//! whatever the processor derives from its tables. Processors only use the `Table` API
+//! (get, insert, remove, ranges), so the tables can move from memory to an embedded
+//! on-disk store without a processor changing.
+//!
+//! Keys and values are encoded with postcard: compact, deterministic, floats stored as
+//! their bits (a restored value is bit-identical), and every failure is an error, never an
+//! empty entry.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
 use std::ops::RangeBounds;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// One changed state entry of one user: the runtime prefixes the key with the user id.
+/// One changed entry of one table of one user; the runtime adds the user and the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangelogEntry {
     pub key: Vec<u8>,
@@ -20,89 +29,92 @@ pub struct ChangelogEntry {
     pub value: Option<Vec<u8>>,
 }
 
-/// A changelog entry that could not be read back: a bug or an incompatible state format.
+/// State that cannot be written or read back: a bug or an incompatible state format.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot encode state {what}: {source}")]
     Encode {
         what: &'static str,
         #[source]
-        source: serde_json::Error,
+        source: postcard::Error,
     },
     #[error("cannot decode state {what}: {source}")]
     Decode {
         what: &'static str,
         #[source]
-        source: serde_json::Error,
+        source: postcard::Error,
     },
-    #[error("unknown state key {0:?}")]
-    UnknownKey(String),
+    #[error("unknown state table {0:?}")]
+    UnknownTable(String),
 }
 
-/// State the runtime can persist and restore. `drain_changes` must report every entry
-/// changed since its last call (latest content, or `None` if removed), and replaying all
-/// entries ever drained through `restore`, in order, onto `Default` must rebuild an equal
-/// state. Encodings must round-trip exactly (store floats as bits, see `f64_bits`).
-pub trait State: Default + Send + std::fmt::Debug + 'static {
-    fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError>;
-    fn drain_changes(&mut self, out: &mut Vec<ChangelogEntry>) -> Result<(), StateError>;
-}
-
-/// Stateless processors.
-impl State for () {
-    fn restore(&mut self, key: &[u8], _: Option<&[u8]>) -> Result<(), StateError> {
-        Err(StateError::UnknownKey(
-            String::from_utf8_lossy(key).into_owned(),
-        ))
-    }
-    fn drain_changes(&mut self, _: &mut Vec<ChangelogEntry>) -> Result<(), StateError> {
-        Ok(())
-    }
-}
-
-/// Serialises a state value or key (JSON: deterministic for a given value, readable when
-/// debugging a changelog). A failure (a map with non-string keys, say) is an error, never
-/// an empty entry that would restore as something else.
-pub fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StateError> {
-    serde_json::to_vec(value).map_err(|source| StateError::Encode { what, source })
+/// Encodes a state key or value (see the module doc).
+pub fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8>, StateError> {
+    postcard::to_stdvec(value).map_err(|source| StateError::Encode { what, source })
 }
 
 /// The inverse of `encode`.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StateError> {
-    serde_json::from_slice(bytes).map_err(|source| StateError::Decode { what, source })
+    postcard::from_bytes(bytes).map_err(|source| StateError::Decode { what, source })
 }
 
-/// serde helper storing an `f64` as its IEEE bits, so a value restored from the changelog is
-/// bit-identical to the one stored (decimal text may not round-trip).
-pub mod f64_bits {
-    use serde::{Deserialize, Deserializer, Serializer};
+/// A table the runtime can persist and restore, whatever its key and value types.
+pub trait StateTable: Send + Debug {
+    /// Replays one entry (in changelog order).
+    fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError>;
+    /// Every entry changed since the last call: its latest content, or `None` if removed.
+    fn drain_changes(&mut self, out: &mut Vec<ChangelogEntry>) -> Result<(), StateError>;
+}
 
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(v.to_bits())
-    }
+/// A processor's per-user state: named tables plus anything derived from them.
+/// Implement it with `state_tables!`.
+pub trait State: Default + Send + Debug + 'static {
+    /// The persisted tables, by name (names are part of the changelog format: renaming
+    /// one starts it empty).
+    fn tables(&mut self) -> Vec<(&'static str, &mut dyn StateTable)>;
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        u64::deserialize(d).map(f64::from_bits)
-    }
+    /// Called once per user after a restore: rebuild derived data (indexes, bounds).
+    fn restored(&mut self) {}
+}
 
-    /// The same for `Option<f64>`.
-    pub mod option {
-        use serde::{Deserialize, Deserializer, Serializer};
-
-        pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
-            match v {
-                Some(v) => s.serialize_some(&v.to_bits()),
-                None => s.serialize_none(),
+/// Declares a `State` whose tables are the listed fields (each a `Table`), named after
+/// them: `state_tables!(SleepState { stages, nights });`. Add `restored = path` to call a
+/// `fn(&mut Self)` after a restore.
+#[macro_export]
+macro_rules! state_tables {
+    ($ty:ty { $($table:ident),+ $(,)? } $(, restored = $restored:path)?) => {
+        impl $crate::state::State for $ty {
+            fn tables(
+                &mut self,
+            ) -> ::std::vec::Vec<(&'static str, &mut dyn $crate::state::StateTable)> {
+                vec![$((stringify!($table), &mut self.$table as &mut dyn $crate::state::StateTable)),+]
             }
+            $(fn restored(&mut self) {
+                $restored(self)
+            })?
         }
+    };
+}
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-            Option::<u64>::deserialize(d).map(|o| o.map(f64::from_bits))
-        }
+/// Stateless processors.
+impl State for () {
+    fn tables(&mut self) -> Vec<(&'static str, &mut dyn StateTable)> {
+        Vec::new()
     }
 }
 
-/// An ordered map that records which keys changed, for processors whose state is a map.
+/// A single table is a state of its own (named `table`).
+impl<K, V> State for Table<K, V>
+where
+    K: Ord + Clone + Serialize + DeserializeOwned + Send + Debug + 'static,
+    V: Serialize + DeserializeOwned + Send + Debug + 'static,
+{
+    fn tables(&mut self) -> Vec<(&'static str, &mut dyn StateTable)> {
+        vec![("table", self as &mut dyn StateTable)]
+    }
+}
+
+/// An ordered map that records which keys changed, for the changelog.
 #[derive(Debug, Clone)]
 pub struct Table<K, V> {
     rows: BTreeMap<K, V>,
@@ -160,10 +172,10 @@ impl<K: Ord + Clone, V> Table<K, V> {
     }
 }
 
-impl<K, V> State for Table<K, V>
+impl<K, V> StateTable for Table<K, V>
 where
-    K: Ord + Clone + Serialize + DeserializeOwned + Send + std::fmt::Debug + 'static,
-    V: Serialize + DeserializeOwned + Send + std::fmt::Debug + 'static,
+    K: Ord + Clone + Serialize + DeserializeOwned + Send + Debug + 'static,
+    V: Serialize + DeserializeOwned + Send + Debug + 'static,
 {
     fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError> {
         let key: K = decode("table key", key)?;
@@ -197,33 +209,57 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_table_restored_from_its_changes_is_equal() {
-        let mut t: Table<(String, i64), f64> = Table::default();
-        let mut log = Vec::new();
-        t.insert(("a".into(), 1), 0.1 + 0.2);
-        t.insert(("b".into(), 2), 2.0);
-        t.drain_changes(&mut log).unwrap();
-        t.remove(&("b".into(), 2));
-        t.insert(("c".into(), 3), f64::MIN_POSITIVE);
-        t.drain_changes(&mut log).unwrap();
-        let mut back: Table<(String, i64), f64> = Table::default();
-        for e in &log {
-            back.restore(&e.key, e.value.as_deref()).unwrap();
+    #[derive(Debug, Default)]
+    struct Two {
+        a: Table<(String, i64), f64>,
+        b: Table<u32, String>,
+    }
+    state_tables!(Two { a, b });
+
+    fn changes(s: &mut Two) -> Vec<(&'static str, ChangelogEntry)> {
+        let mut out = Vec::new();
+        for (name, table) in s.tables() {
+            let mut entries = Vec::new();
+            table.drain_changes(&mut entries).unwrap();
+            out.extend(entries.into_iter().map(|e| (name, e)));
         }
-        assert_eq!(
-            back.iter().collect::<Vec<_>>(),
-            t.iter().collect::<Vec<_>>()
-        );
+        out
     }
 
     #[test]
-    fn f64_bits_round_trip_exactly() {
-        #[derive(serde::Serialize, serde::Deserialize)]
-        struct W(#[serde(with = "f64_bits")] f64);
-        for v in [0.1 + 0.2, 1e-300, -0.0, 123456.789e10] {
-            let back: W = decode("w", &encode("w", &W(v)).unwrap()).unwrap();
-            assert_eq!(back.0.to_bits(), v.to_bits());
+    fn a_state_restored_from_its_changes_is_equal_and_floats_are_exact() {
+        let mut s = Two::default();
+        let mut log = Vec::new();
+        s.a.insert(("a".into(), 1), 0.1 + 0.2);
+        s.a.insert(("b".into(), 2), f64::NAN);
+        s.b.insert(7, "x".into());
+        log.extend(changes(&mut s));
+        s.a.remove(&("b".into(), 2));
+        s.a.insert(("c".into(), 3), f64::MIN_POSITIVE);
+        s.a.insert(("d".into(), 4), -0.0);
+        log.extend(changes(&mut s));
+        let mut back = Two::default();
+        for (name, e) in &log {
+            let mut tables = back.tables();
+            let (_, table) = tables.iter_mut().find(|(n, _)| n == name).unwrap();
+            table.restore(&e.key, e.value.as_deref()).unwrap();
         }
+        let bits = |t: &Table<(String, i64), f64>| {
+            t.iter()
+                .map(|(k, v)| (k.clone(), v.to_bits()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&back.a), bits(&s.a));
+        assert_eq!(back.b.get(&7).map(String::as_str), Some("x"));
+        assert!(changes(&mut s).is_empty(), "drained");
+    }
+
+    #[test]
+    fn an_unreadable_entry_is_an_error_not_a_default() {
+        let mut t: Table<u32, f64> = Table::default();
+        let err = t
+            .restore(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff], Some(&[1]))
+            .unwrap_err();
+        assert!(matches!(err, StateError::Decode { .. }), "{err}");
     }
 }

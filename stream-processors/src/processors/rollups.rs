@@ -29,7 +29,7 @@ use pulseline_schemas::{Aggregation, Catalog, Operation, ValueKind};
 
 use self::compute::{Bucket, PointKind};
 pub use self::state::RollupState;
-use self::state::{Sample, SampleKey, Series};
+use self::state::{Sample, SampleKey};
 use super::priority::SourcePriority;
 use crate::processor::{Context, Flush, Input, Processor, Rejection};
 
@@ -76,7 +76,7 @@ impl Rollups {
 
     /// Touches every hour row, and the day rows, that `s` can change.
     fn touch(&self, ctx: &mut Context<'_, RollupKey>, state: &RollupState, s: &Sample) {
-        let Some(series) = state.series.get(&s.metric) else {
+        let Some(series) = state.series(&s.metric) else {
             return;
         };
         let (first, last) = series.hours_touched(s, self.is_cumulative(&s.metric));
@@ -96,25 +96,27 @@ impl Rollups {
         }
     }
 
-    fn recompute_day(&self, series: &Series, metric: &str, day: i64) -> compute::DayBuckets {
-        let Some((aggregation, resolved)) = self.aggregation(metric) else {
+    fn recompute_day(&self, state: &RollupState, metric: &str, day: i64) -> compute::DayBuckets {
+        let (Some((aggregation, resolved)), Some(series)) =
+            (self.aggregation(metric), state.series(metric))
+        else {
             return compute::DayBuckets::default();
         };
         let (ws, we) = series.window(day);
         match aggregation {
             Aggregation::CumulativeSum => {
-                let candidates: Vec<&Sample> = series
-                    .starting_in(ws.saturating_sub(series.max_len), we)
+                let candidates: Vec<&Sample> = state
+                    .starting_in(series, ws.saturating_sub(series.max_len), we)
                     .into_iter()
                     .filter(|s| s.end > ws || (s.end == s.start && s.start >= ws))
                     .collect();
                 compute::cumulative(&candidates, day, (ws, we), &self.priority, resolved)
             }
             Aggregation::Discrete => {
-                compute::by_start(&series.starting_in(ws, we), day, PointKind::Average)
+                compute::by_start(&state.starting_in(series, ws, we), day, PointKind::Average)
             }
             Aggregation::Latest => {
-                compute::by_start(&series.starting_in(ws, we), day, PointKind::Latest)
+                compute::by_start(&state.starting_in(series, ws, we), day, PointKind::Latest)
             }
         }
     }
@@ -261,10 +263,7 @@ impl Processor for Rollups {
         }
         let user = out.user_id().to_owned();
         for ((metric, day), keys) in days {
-            let mut fresh = match state.series.get(metric) {
-                Some(series) => self.recompute_day(series, metric, day),
-                None => compute::DayBuckets::default(),
-            };
+            let mut fresh = self.recompute_day(state, metric, day);
             for key in keys {
                 let bucket = match key.period {
                     Period::Day => fresh.day.take(),

@@ -891,6 +891,9 @@ impl Worker {
                         })
                 },
             )?;
+            for tasks in fresh.values_mut() {
+                tasks[i].finish_restore();
+            }
             Restored {
                 processor: name,
                 partitions,

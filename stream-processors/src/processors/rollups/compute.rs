@@ -42,13 +42,10 @@ pub(crate) fn local_day(t: i64, tz_minutes: i32) -> i64 {
 }
 
 /// One bucket's aggregate.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Bucket {
-    #[serde(with = "crate::state::f64_bits::option")]
     pub value: Option<f64>,
-    #[serde(with = "crate::state::f64_bits::option")]
     pub min: Option<f64>,
-    #[serde(with = "crate::state::f64_bits::option")]
     pub max: Option<f64>,
     pub count: i64,
     pub sources: Vec<String>,

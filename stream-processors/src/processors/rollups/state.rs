@@ -2,21 +2,20 @@
 //! from). Nothing about what was emitted is kept: every touched row is emitted (see
 //! `rollups`), so emissions depend on the changes only.
 //!
-//! State key choice: samples are kept per user and metric, ordered by start, not split by
-//! day. A cumulative sample crossing midnight lives once; recomputing a local day reads the
-//! samples overlapping that day's UTC window (start >= window start - longest sample), so
-//! no sample is copied into two days and a correction cannot leave a stale copy behind.
-//!
-//! Changelog entries: `s<natural key>` -> sample (one entry per natural key, whatever its
-//! metric, so a correction that changes the metric moves it). Derived fields (longest
-//! sample, offset range) are rebuilt on restore.
+//! State key choice: samples are kept per user in one table keyed by natural key (one
+//! entry per key whatever its metric, so a correction that changes the metric moves it),
+//! not split by day. A cumulative sample crossing midnight lives once; recomputing a local
+//! day reads the samples overlapping that day's UTC window (start >= window start - longest
+//! sample), so no sample is copied into two days and a correction cannot leave a stale copy
+//! behind. The per-metric index (keys ordered by start, longest sample, offset range) is
+//! derived: rebuilt after a restore.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::compute;
-use crate::state::{ChangelogEntry, State, StateError, decode, encode, f64_bits};
+use crate::state::Table;
 
 /// One live sample (canonical unit). `end == start` for a zero-length sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,21 +27,21 @@ pub(crate) struct Sample {
     pub start: i64,
     pub end: i64,
     pub tz_minutes: i32,
-    #[serde(with = "f64_bits")]
     pub value: f64,
 }
 
 /// (start, sourceId, sourceRecordId): the natural key without the user, ordered by start.
 pub(crate) type SampleKey = (i64, String, String);
 
-/// One metric of one user.
+/// The derived index of one metric of one user.
 #[derive(Debug, Default)]
 pub(crate) struct Series {
-    pub samples: BTreeMap<SampleKey, Sample>,
+    /// The metric's live samples, by start.
+    keys: BTreeSet<SampleKey>,
     /// Longest `end - start` ever stored (only grows: a safe bound for window queries).
     pub max_len: i64,
     /// Range of `tzOffsetMinutes` ever stored (only widens).
-    pub offsets: Option<(i32, i32)>,
+    offsets: Option<(i32, i32)>,
 }
 
 impl Series {
@@ -85,100 +84,71 @@ impl Series {
             (day + 1) * compute::DAY - compute::offset_micros(lo),
         )
     }
+}
 
-    /// Samples starting in `[from, to)`, in key order.
-    pub fn starting_in(&self, from: i64, to: i64) -> Vec<&Sample> {
+/// The rollups state of one user: the `samples` table, and the per-metric index derived
+/// from it.
+#[derive(Debug, Default)]
+pub struct RollupState {
+    samples: Table<SampleKey, Sample>,
+    series: BTreeMap<String, Series>,
+}
+
+crate::state_tables!(RollupState { samples }, restored = RollupState::reindex);
+
+impl RollupState {
+    /// Rebuilds the per-metric index from the table (after a restore).
+    fn reindex(&mut self) {
+        self.series.clear();
+        for (key, sample) in self.samples.iter() {
+            let series = self.series.entry(sample.metric.clone()).or_default();
+            series.note_shape(sample);
+            series.keys.insert(key.clone());
+        }
+    }
+
+    /// The live sample with this natural key, whatever its metric.
+    pub(crate) fn find(&self, key: &SampleKey) -> Option<&Sample> {
+        self.samples.get(key)
+    }
+
+    /// Removes the sample with this natural key, whatever its metric.
+    pub(crate) fn take(&mut self, key: &SampleKey) -> Option<Sample> {
+        let old = self.samples.remove(key)?;
+        if let Some(series) = self.series.get_mut(&old.metric) {
+            series.keys.remove(key);
+        }
+        Some(old)
+    }
+
+    /// Stores a sample (the caller removed any previous version of its key).
+    pub(crate) fn put(&mut self, key: SampleKey, sample: Sample) {
+        let series = self.series.entry(sample.metric.clone()).or_default();
+        series.note_shape(&sample);
+        series.keys.insert(key.clone());
+        self.samples.insert(key, sample);
+    }
+
+    pub(crate) fn series(&self, metric: &str) -> Option<&Series> {
+        self.series.get(metric)
+    }
+
+    /// Samples of `series` starting in `[from, to)`, in key order.
+    pub(crate) fn starting_in(&self, series: &Series, from: i64, to: i64) -> Vec<&Sample> {
         if from >= to {
             return Vec::new();
         }
         let lo = (from, String::new(), String::new());
         let hi = (to, String::new(), String::new());
-        self.samples.range(lo..hi).map(|(_, s)| s).collect()
-    }
-}
-
-/// The rollups state of one user.
-#[derive(Debug, Default)]
-pub struct RollupState {
-    pub(crate) series: BTreeMap<String, Series>,
-    changed_samples: BTreeSet<SampleKey>,
-}
-
-impl RollupState {
-    /// The live sample with this natural key, whatever its metric.
-    pub(crate) fn find(&self, key: &SampleKey) -> Option<&Sample> {
-        self.series.values().find_map(|s| s.samples.get(key))
-    }
-
-    /// Removes the sample with this natural key from whichever metric holds it.
-    pub(crate) fn take(&mut self, key: &SampleKey) -> Option<Sample> {
-        let old = self
-            .series
-            .values_mut()
-            .find_map(|s| s.samples.remove(key))?;
-        self.changed_samples.insert(key.clone());
-        Some(old)
-    }
-
-    /// Stores a sample (the caller removed any previous version of its key).
-    pub(crate) fn put(&mut self, key: SampleKey, sample: Sample) -> &mut Series {
-        self.changed_samples.insert(key.clone());
-        let series = self.series.entry(sample.metric.clone()).or_default();
-        series.note_shape(&sample);
-        series.samples.insert(key, sample);
         series
+            .keys
+            .range(lo..hi)
+            .filter_map(|k| self.samples.get(k))
+            .collect()
     }
 
     /// Number of live samples (all metrics).
     pub fn sample_count(&self) -> usize {
-        self.series.values().map(|s| s.samples.len()).sum()
-    }
-}
-
-const SAMPLE_TAG: u8 = b's';
-
-fn tagged(tag: u8, body: Vec<u8>) -> Vec<u8> {
-    let mut key = Vec::with_capacity(body.len() + 1);
-    key.push(tag);
-    key.extend(body);
-    key
-}
-
-impl State for RollupState {
-    fn restore(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StateError> {
-        match key.split_first() {
-            Some((&SAMPLE_TAG, body)) => {
-                let k: SampleKey = decode("rollup sample key", body)?;
-                for series in self.series.values_mut() {
-                    series.samples.remove(&k);
-                }
-                if let Some(v) = value {
-                    let sample: Sample = decode("rollup sample", v)?;
-                    let series = self.series.entry(sample.metric.clone()).or_default();
-                    series.note_shape(&sample);
-                    series.samples.insert(k, sample);
-                }
-            }
-            _ => {
-                return Err(StateError::UnknownKey(
-                    String::from_utf8_lossy(key).into_owned(),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn drain_changes(&mut self, out: &mut Vec<ChangelogEntry>) -> Result<(), StateError> {
-        for key in std::mem::take(&mut self.changed_samples) {
-            let value = match self.find(&key) {
-                Some(sample) => Some(encode("rollup sample", sample)?),
-                None => None,
-            };
-            out.push(ChangelogEntry {
-                key: tagged(SAMPLE_TAG, encode("rollup sample key", &key)?),
-                value,
-            });
-        }
-        Ok(())
+        self.samples.len()
     }
 }
