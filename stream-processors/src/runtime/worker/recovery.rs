@@ -1,0 +1,98 @@
+//! Recovery between batches: abort, reload the assigned partitions' state from their
+//! changelogs, rewind the consumer to the committed offsets, back off, retry.
+
+use super::*;
+
+impl Worker {
+    pub(super) fn recover_loop(&mut self, error: RuntimeError) -> Result<(), RuntimeError> {
+        let mut error = error;
+        loop {
+            if error.is_fatal() {
+                self.status.running.store(false, Ordering::SeqCst);
+                return Err(error);
+            }
+            let text = error.to_string();
+            BatchAborted {
+                kind: error.kind(),
+                error: &text,
+            }
+            .emit(&self.metrics);
+            self.status.aborted.fetch_add(1, Ordering::SeqCst);
+            match self.recover() {
+                Ok(()) => return Ok(()),
+                Err(e) => error = e,
+            }
+            std::thread::sleep(self.backoff);
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Abort, reload every assigned partition from its changelog, rewind the consumer to
+    /// the committed offsets.
+    pub(super) fn recover(&mut self) -> Result<(), RuntimeError> {
+        if self.cfg.transactions
+            && let Err(e) = self.producer.abort_transaction(CALL_TIMEOUT)
+        {
+            let e = RuntimeError::from(e);
+            if e.is_fatal() {
+                return Err(e);
+            }
+            // No transaction in progress (begin failed): nothing to abort.
+            tracing::debug!(error = %e, "abort_transaction");
+        }
+        let _ = self.producer.context().take_failures();
+        std::thread::sleep(self.backoff);
+        self.standby.clear();
+        self.partitions.clear();
+        self.refresh_positions()?;
+        let numbers: Vec<i32> = self.assigned_numbers().into_iter().collect();
+        self.restore(&numbers)?;
+        self.rewind()
+    }
+
+    pub(super) fn rewind(&mut self) -> Result<(), RuntimeError> {
+        let committed = self.consumer.committed(CALL_TIMEOUT)?;
+        self.note_committed(&committed);
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => match self.cfg.auto_offset_reset {
+                    OffsetReset::Earliest => Offset::Beginning,
+                    OffsetReset::Latest => Offset::End,
+                },
+            };
+            self.consumer
+                .seek(e.topic(), e.partition(), offset, CALL_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn note_committed(&mut self, committed: &TopicPartitionList) {
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => -1,
+            };
+            self.positions
+                .insert((e.topic().to_owned(), e.partition()), offset);
+        }
+    }
+
+    /// Reads the group's committed offsets of the assigned input partitions.
+    pub(super) fn refresh_positions(&mut self) -> Result<(), RuntimeError> {
+        self.positions.clear();
+        if self.assigned.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &self.assigned {
+            tpl.add_partition(topic, *partition);
+        }
+        let committed = self.consumer.committed_offsets(tpl, CALL_TIMEOUT)?;
+        self.note_committed(&committed);
+        Ok(())
+    }
+}
