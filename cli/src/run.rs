@@ -19,7 +19,7 @@ use anyhow::{Context, ensure};
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::{Args, Parser};
 use pulseline_ingest_gateway::app::Application;
-use pulseline_ingest_gateway::auth::{Role, issue_hs256_token};
+use pulseline_service::auth::{Role, issue_hs256_token};
 use pulseline_ingest_gateway::config::Config as GatewayConfig;
 use pulseline_ingest_gateway::outbox::Stream;
 use pulseline_ingest_gateway::relay::{OutboxRelay, RelayConfig};

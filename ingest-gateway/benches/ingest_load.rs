@@ -16,17 +16,20 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use pulseline_ingest_gateway::app::Application;
-use pulseline_ingest_gateway::auth::{Role, issue_hs256_token};
 use pulseline_ingest_gateway::config::Config;
 use pulseline_ingest_gateway::relay::OutboxRelay;
 use pulseline_ingest_gateway::relay::RelayConfig;
+use pulseline_service::auth::{Role, issue_hs256_token};
 use pulseline_simulator::{RequestKind, SimulatedUser, TrafficMix};
 use pulseline_testkit::Stack;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
 fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[derive(Default)]
@@ -81,13 +84,22 @@ async fn main() {
     let pool = PgPool::connect(&db.url).await.expect("bench pool");
     let start = Utc::now() - TimeDelta::days(30);
     let sim: Vec<Arc<Mutex<SimulatedUser>>> = (0..users)
-        .map(|i| Arc::new(Mutex::new(SimulatedUser::new(i as u64 + 1, start, TrafficMix::default()))))
+        .map(|i| {
+            Arc::new(Mutex::new(SimulatedUser::new(
+                i as u64 + 1,
+                start,
+                TrafficMix::default(),
+            )))
+        })
         .collect();
     let tokens: Vec<String> = futures_tokens(&sim, &secret).await;
     let counters = Arc::new(Counters::default());
     let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build().expect("client");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .expect("client");
 
     println!(
         "ingest_load: {clients} clients, {users} users, {batch}-sample batches, {seconds} s, topic prefix {prefix}"
@@ -129,11 +141,17 @@ async fn main() {
                     Ok(r) if r.status().is_success() => {
                         let answer: serde_json::Value = r.json().await.unwrap_or_default();
                         let n = |k: &str| answer[k].as_u64().unwrap_or(0);
-                        counters.accepted.fetch_add(n("accepted"), Ordering::Relaxed);
-                        counters.duplicates.fetch_add(n("duplicates"), Ordering::Relaxed);
+                        counters
+                            .accepted
+                            .fetch_add(n("accepted"), Ordering::Relaxed);
+                        counters
+                            .duplicates
+                            .fetch_add(n("duplicates"), Ordering::Relaxed);
                         counters.updated.fetch_add(n("updated"), Ordering::Relaxed);
                         counters.deleted.fetch_add(n("deleted"), Ordering::Relaxed);
-                        counters.rejected.fetch_add(n("rejected"), Ordering::Relaxed);
+                        counters
+                            .rejected
+                            .fetch_add(n("rejected"), Ordering::Relaxed);
                         if upload.kind != RequestKind::Retry {
                             user.acknowledged(&upload);
                         }
@@ -155,7 +173,8 @@ async fn main() {
         tokio::time::sleep_until((began + Duration::from_secs(t)).into()).await;
         let (depth, lag) = outbox_state(&pool).await;
         lag_samples.push(lag);
-        let accepted = counters.accepted.load(Ordering::Relaxed) + counters.updated.load(Ordering::Relaxed);
+        let accepted =
+            counters.accepted.load(Ordering::Relaxed) + counters.updated.load(Ordering::Relaxed);
         println!(
             "  t={t:>3}s  accepted {:>7}/s  outbox depth {depth:>7}  oldest unpublished {lag:>6.2} s  published {}",
             accepted - last_accepted,
@@ -184,9 +203,16 @@ async fn main() {
     let rate = written as f64 / load_time.as_secs_f64();
     let mut lat = latencies.lock().await.clone();
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     lag_samples.sort_by(f64::total_cmp);
-    let lag_p50 = lag_samples.get(lag_samples.len() / 2).copied().unwrap_or(0.0);
+    let lag_p50 = lag_samples
+        .get(lag_samples.len() / 2)
+        .copied()
+        .unwrap_or(0.0);
     let lag_max = lag_samples.last().copied().unwrap_or(0.0);
 
     let copy_secs = copy_baseline(&pool, written.max(1)).await;
@@ -201,10 +227,23 @@ async fn main() {
         counters.deleted.load(Ordering::Relaxed),
         counters.rejected.load(Ordering::Relaxed),
     );
-    println!("  gateway: {rate:.0} samples/s written (accepted + updated) over {:.1} s", load_time.as_secs_f64());
-    println!("  request latency: p50 {:.1} ms, p99 {:.1} ms ({} requests)", ms(pct(0.50)), ms(pct(0.99)), lat.len());
-    println!("  relay lag (oldest unpublished row, sampled each second): p50 {lag_p50:.2} s, max {lag_max:.2} s; drain after load {:.2} s", drain.as_secs_f64());
-    println!("  baseline: COPY of {written} sample rows into a plain table: {copy_secs:.2} s = {copy_rate:.0} rows/s");
+    println!(
+        "  gateway: {rate:.0} samples/s written (accepted + updated) over {:.1} s",
+        load_time.as_secs_f64()
+    );
+    println!(
+        "  request latency: p50 {:.1} ms, p99 {:.1} ms ({} requests)",
+        ms(pct(0.50)),
+        ms(pct(0.99)),
+        lat.len()
+    );
+    println!(
+        "  relay lag (oldest unpublished row, sampled each second): p50 {lag_p50:.2} s, max {lag_max:.2} s; drain after load {:.2} s",
+        drain.as_secs_f64()
+    );
+    println!(
+        "  baseline: COPY of {written} sample rows into a plain table: {copy_secs:.2} s = {copy_rate:.0} rows/s"
+    );
     println!("  ratio gateway / COPY floor: {:.3}", rate / copy_rate);
 }
 
@@ -215,7 +254,12 @@ fn ms(d: Duration) -> f64 {
 async fn futures_tokens(sim: &[Arc<Mutex<SimulatedUser>>], secret: &str) -> Vec<String> {
     let mut tokens = Vec::with_capacity(sim.len());
     for u in sim {
-        tokens.push(issue_hs256_token(secret, u.lock().await.user_id, Role::User, 24 * 3600));
+        tokens.push(issue_hs256_token(
+            secret,
+            u.lock().await.user_id,
+            Role::User,
+            24 * 3600,
+        ));
     }
     tokens
 }

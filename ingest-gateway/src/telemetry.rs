@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 use crate::validate::RejectCode;
 
@@ -112,13 +110,14 @@ impl Telemetry {
         event.emit(self);
     }
 
+    /// The registry `/metrics` serves.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "encoding metrics");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        pulseline_service::ops::render(&self.registry)
     }
 }
 
@@ -229,19 +228,6 @@ impl GatewayEvent for RetentionRan {
             "retention removed expired rows"
         );
     }
-}
-
-/// JSON logs to stdout, filtered by `RUST_LOG` (default `info`). For binaries; tests
-/// leave logging alone.
-pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(true)
-        .with_span_list(false)
-        .try_init();
 }
 
 #[cfg(test)]

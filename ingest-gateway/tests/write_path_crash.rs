@@ -6,10 +6,10 @@
 //! per-user replay of Kafka equals what each client believes it stored.
 //! Needs the local stack (`scripts/stack up`).
 
-mod support;
 #[path = "support/relay.rs"]
 #[allow(dead_code)]
 mod relay_support;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use pulseline_ingest_gateway::auth::{Role, issue_hs256_token};
 use pulseline_ingest_gateway::outbox::OutboxRecord;
 use pulseline_schemas::Operation;
+use pulseline_service::auth::{Role, issue_hs256_token};
 use pulseline_simulator::{NaturalKey, RequestKind, SimulatedUser, TrafficMix};
 use rand::Rng;
 use relay_support::{ChangeKey, Harness, SHARDS, assert_per_user_order, change_key};
@@ -28,7 +28,11 @@ use tokio::sync::Mutex;
 const RELAY_BIN: &str = env!("CARGO_BIN_EXE_pulseline-relay");
 
 fn start_relay(h: &Harness, log: &std::path::Path) -> Child {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
     Command::new(RELAY_BIN)
         .envs(h.env())
         .stdin(Stdio::null())
@@ -50,9 +54,15 @@ async fn relay_killed_during_http_load_loses_nothing_and_duplicates_nothing_in_e
 
     // Simulated users: a watch and a phone each, 20 days of backlog to upload.
     let start = Utc::now() - TimeDelta::days(20);
-    let mix = TrafficMix { retry: 0.1, duplicate_upload: 0.1, correction: 0.1, deletion: 0.05 };
-    let users: Vec<Arc<Mutex<SimulatedUser>>> =
-        (0..6).map(|i| Arc::new(Mutex::new(SimulatedUser::new(100 + i, start, mix)))).collect();
+    let mix = TrafficMix {
+        retry: 0.1,
+        duplicate_upload: 0.1,
+        correction: 0.1,
+        deletion: 0.05,
+    };
+    let users: Vec<Arc<Mutex<SimulatedUser>>> = (0..6)
+        .map(|i| Arc::new(Mutex::new(SimulatedUser::new(100 + i, start, mix))))
+        .collect();
     let acked: Arc<Mutex<BTreeSet<ChangeKey>>> = Arc::default();
     let load_for = Duration::from_secs(12);
     let began = Instant::now();
@@ -75,17 +85,30 @@ async fn relay_killed_during_http_load_loses_nothing_and_duplicates_nothing_in_e
                 if upload.items == 0 {
                     continue;
                 }
-                let resp = client.post(&url).bearer_auth(&token).json(&upload.body).send().await.expect("gateway answers");
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&upload.body)
+                    .send()
+                    .await
+                    .expect("gateway answers");
                 let status = resp.status().as_u16();
                 let answer: serde_json::Value = resp.json().await.expect("json answer");
-                assert!(status == 200, "simulated traffic is valid, got {status}: {answer}");
+                assert!(
+                    status == 200,
+                    "simulated traffic is valid, got {status}: {answer}"
+                );
                 *kinds.entry(upload.kind).or_default() += 1;
                 u.acknowledged(&upload);
                 let seq = answer["userSeq"].as_i64().expect("userSeq");
                 let mut acked = acked.lock().await;
                 for r in answer["results"].as_array().expect("results") {
-                    if matches!(r["status"].as_str(), Some("accepted" | "updated" | "deleted")) {
-                        let index = i32::try_from(r["index"].as_i64().expect("index")).expect("small index");
+                    if matches!(
+                        r["status"].as_str(),
+                        Some("accepted" | "updated" | "deleted")
+                    ) {
+                        let index = i32::try_from(r["index"].as_i64().expect("index"))
+                            .expect("small index");
                         acked.insert((1, u.user_id.to_string(), seq, index));
                     }
                 }
@@ -110,8 +133,17 @@ async fn relay_killed_during_http_load_loses_nothing_and_duplicates_nothing_in_e
             *kinds.entry(k).or_default() += n;
         }
     }
-    for k in [RequestKind::New, RequestKind::Retry, RequestKind::DuplicateUpload, RequestKind::Correction, RequestKind::Deletion] {
-        assert!(kinds.get(&k).copied().unwrap_or(0) > 0, "the load exercised {k:?}: {kinds:?}");
+    for k in [
+        RequestKind::New,
+        RequestKind::Retry,
+        RequestKind::DuplicateUpload,
+        RequestKind::Correction,
+        RequestKind::Deletion,
+    ] {
+        assert!(
+            kinds.get(&k).copied().unwrap_or(0) > 0,
+            "the load exercised {k:?}: {kinds:?}"
+        );
     }
 
     h.wait_outbox_empty(Duration::from_secs(120)).await;
@@ -127,23 +159,38 @@ async fn relay_killed_during_http_load_loses_nothing_and_duplicates_nothing_in_e
         let key = change_key(&p.record);
         if let Some(first) = by_change.insert(key.clone(), &p.record) {
             duplicates += 1;
-            assert_eq!(first, &p.record, "a duplicate of {key:?} differs from its first copy");
+            assert_eq!(
+                first, &p.record,
+                "a duplicate of {key:?} differs from its first copy"
+            );
         }
     }
     let on_kafka: BTreeSet<ChangeKey> = by_change.keys().cloned().collect();
     let missing: Vec<_> = acked.difference(&on_kafka).take(5).collect();
     let extra: Vec<_> = on_kafka.difference(&acked).take(5).collect();
-    assert!(missing.is_empty(), "{} acknowledged changes never reached Kafka, e.g. {missing:?}", acked.difference(&on_kafka).count());
-    assert!(extra.is_empty(), "changes on Kafka the gateway never acknowledged, e.g. {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged changes never reached Kafka, e.g. {missing:?}",
+        acked.difference(&on_kafka).count()
+    );
+    assert!(
+        extra.is_empty(),
+        "changes on Kafka the gateway never acknowledged, e.g. {extra:?}"
+    );
     assert_per_user_order(&published);
 
     // Replaying each user's records in change-id order gives what the client believes it stored.
-    let mut replayed: HashMap<String, BTreeMap<NaturalKey, (String, Option<f64>, Option<String>)>> = HashMap::new();
+    let mut replayed: HashMap<String, BTreeMap<NaturalKey, (String, Option<f64>, Option<String>)>> =
+        HashMap::new();
     let mut ordered: Vec<_> = by_change.values().collect();
     ordered.sort_by_key(|r| change_key(r));
     for r in ordered {
         let OutboxRecord::Sample(s) = r else { continue };
-        let key = NaturalKey { source_id: s.source_id.clone(), source_record_id: s.source_record_id.clone(), start_at: s.start_at };
+        let key = NaturalKey {
+            source_id: s.source_id.clone(),
+            source_record_id: s.source_record_id.clone(),
+            start_at: s.start_at,
+        };
         let state = replayed.entry(s.user_id.clone()).or_default();
         match s.operation {
             Operation::Upsert => {
@@ -159,11 +206,25 @@ async fn relay_killed_during_http_load_loses_nothing_and_duplicates_nothing_in_e
         let expected: BTreeMap<NaturalKey, (String, Option<f64>, Option<String>)> = u
             .expected()
             .iter()
-            .map(|(k, c)| (k.clone(), (c.metric.to_owned(), c.value, c.category.map(str::to_owned))))
+            .map(|(k, c)| {
+                (
+                    k.clone(),
+                    (c.metric.to_owned(), c.value, c.category.map(str::to_owned)),
+                )
+            })
             .collect();
         let got = replayed.remove(&u.user_id.to_string()).unwrap_or_default();
-        assert_eq!(got.len(), expected.len(), "user {}: live samples on Kafka vs client", u.user_id);
-        assert!(got == expected, "user {}: replayed Kafka content differs from the client's view", u.user_id);
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "user {}: live samples on Kafka vs client",
+            u.user_id
+        );
+        assert!(
+            got == expected,
+            "user {}: replayed Kafka content differs from the client's view",
+            u.user_id
+        );
     }
     eprintln!(
         "{} acknowledged changes, {} records on Kafka ({duplicates} duplicates from {kills} relay kills), requests {kinds:?}",

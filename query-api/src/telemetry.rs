@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 /// The API's Prometheus registry (one per application, so tests do not share counters).
 #[derive(Debug, Clone)]
@@ -74,13 +72,14 @@ impl Telemetry {
         event.emit(self);
     }
 
+    /// The registry `/metrics` serves.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "encoding metrics");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        pulseline_service::ops::render(&self.registry)
     }
 }
 

@@ -22,9 +22,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pulseline_schemas::AvroCodec;
+use pulseline_schemas::dead_letter::{DeadLetterHeaders, reason, stage};
 use pulseline_schemas::records::RollupUpsert;
+use pulseline_service::Backoff;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
@@ -122,21 +123,21 @@ impl SinkRunner {
             ));
         }
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), MAX_BACKOFF);
         loop {
             let started = Instant::now();
             match self.session(shutdown.as_mut()).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() => {
                     if started.elapsed() > Duration::from_secs(60) {
-                        backoff = Duration::from_millis(200);
+                        backoff.reset();
                     }
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "sink session failed; restarting the consumer");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, backoff_ms = delay.as_millis() as u64, "sink session failed; restarting the consumer");
                     tokio::select! {
                         () = shutdown.as_mut() => return Ok(()),
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => return Err(e),
             }
@@ -306,7 +307,11 @@ impl SinkRunner {
         record: &RawRecord,
     ) -> Result<Result<RollupRow, (&'static str, &'static str, String)>, SinkError> {
         let Some(payload) = record.payload.as_deref() else {
-            return Ok(Err(("undecodable", "null payload", "null payload".into())));
+            return Ok(Err((
+                reason::EMPTY_PAYLOAD,
+                "null payload",
+                "null payload".into(),
+            )));
         };
         let mut attempt = 0;
         let upsert = loop {
@@ -319,14 +324,14 @@ impl SinkRunner {
                 Err(e) if e.is_retryable() => return Err(e.into()),
                 Err(e) => {
                     return Ok(Err((
-                        "undecodable",
+                        reason::UNDECODABLE,
                         "not a decodable RollupUpsert",
                         e.to_string(),
                     )));
                 }
             }
         };
-        Ok(RollupRow::parse(upsert).map_err(|e| ("invalid", e.0, e.0.to_owned())))
+        Ok(RollupRow::parse(upsert).map_err(|e| (reason::INVALID_RECORD, e.0, e.0.to_owned())))
     }
 
     /// Copies an unusable record to the dead-letter topic with where it came from and why.
@@ -336,33 +341,16 @@ impl SinkRunner {
         reason: &str,
         detail: &str,
     ) -> Result<(), SinkError> {
-        let partition = record.partition.to_string();
-        let offset = record.offset.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "pulseline.reason",
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: "pulseline.detail",
-                value: Some(detail),
-            })
-            .insert(Header {
-                key: "pulseline.source.topic",
-                value: Some(self.settings.topic.as_str()),
-            })
-            .insert(Header {
-                key: "pulseline.source.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "pulseline.source.offset",
-                value: Some(offset.as_str()),
-            })
-            .insert(Header {
-                key: "pulseline.stage",
-                value: Some("sink"),
-            });
+        let headers = DeadLetterHeaders {
+            reason,
+            detail,
+            stage: stage::SINK,
+            processor: "",
+            source_topic: &self.settings.topic,
+            source_partition: record.partition,
+            source_offset: record.offset,
+        }
+        .to_kafka();
         let payload = record.payload.as_deref().unwrap_or_default();
         let key = format!("{}:{}", record.partition, record.offset);
         self.dead_letters

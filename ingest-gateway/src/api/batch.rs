@@ -12,8 +12,10 @@ use pulseline_schemas::Catalog;
 use serde_json::Value;
 
 use super::{AppState, body};
-use crate::auth::AuthUser;
-use crate::error::{ErrorEnvelope, GatewayError};
+use pulseline_service::auth::AuthUser;
+use pulseline_service::http::ErrorEnvelope;
+
+use crate::error::GatewayError;
 use crate::hashing::{self, Sha256Hash};
 use crate::model::{BatchAnswer, EventsBatch, SamplesBatch};
 use crate::store::{BatchOutcome, EventBatch, EventItem, SampleBatch, SampleItem, SampleKey};

@@ -16,18 +16,20 @@ use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use pulseline_service::OpsRouter;
+use pulseline_service::auth::JwtVerifier;
+use pulseline_service::http::BearerAuth;
+use pulseline_service::ops::OpsApi;
 use tower::ServiceBuilder;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::OpenApi;
 
 pub use batch::REPLAYED_HEADER;
 pub use health::BrokerProbe;
 
-use crate::auth::JwtVerifier;
 use crate::error::GatewayError;
 use crate::ratelimit::UserRateLimiter;
 use crate::store::Store;
@@ -93,10 +95,6 @@ impl AppState {
         batch::post_events,
         privacy::get_privacy,
         privacy::put_privacy,
-        health::healthz,
-        health::readyz,
-        health::metrics,
-        health::openapi,
     ),
     components(schemas(
         crate::model::SamplesBatch,
@@ -111,47 +109,32 @@ impl AppState {
         crate::model::ItemResult,
         crate::model::ItemStatus,
         crate::model::PrivacySettings,
-        crate::error::ErrorEnvelope,
-        crate::error::ErrorBody,
+        pulseline_service::http::ErrorEnvelope,
+        pulseline_service::http::ErrorBody,
     )),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// The OpenAPI document as JSON.
+/// The OpenAPI document as JSON: the API's routes and the ops routes.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_json()
-        .unwrap_or_else(|_| "{}".to_owned())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(OpsApi::openapi());
+    doc.to_json().unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// All routes with their middleware.
+/// All routes with their middleware (the ops routes are counted and traced too).
 pub fn router(state: AppState) -> Router {
+    let ready = state.clone();
+    let ops = OpsRouter::new(state.telemetry.registry().clone())
+        .readiness(move || health::readiness(ready.clone()))
+        .openapi(state.openapi.as_ref().clone())
+        .build();
     Router::new()
         .route("/v1/samples:batch", post(batch::post_samples))
         .route("/v1/events:batch", post(batch::post_events))
         .route("/v1/me/privacy", get(privacy::get_privacy).put(privacy::put_privacy))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(health::openapi))
+        .merge(ops)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track_request))

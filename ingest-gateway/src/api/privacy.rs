@@ -7,8 +7,10 @@ use axum::http::HeaderMap;
 use pulseline_schemas::Catalog;
 
 use super::{AppState, body};
-use crate::auth::AuthUser;
-use crate::error::{ErrorEnvelope, GatewayError};
+use pulseline_service::auth::AuthUser;
+use pulseline_service::http::ErrorEnvelope;
+
+use crate::error::GatewayError;
 use crate::model::PrivacySettings;
 
 /// The caller's privacy settings.

@@ -15,13 +15,15 @@ use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use pulseline_ingest_gateway::auth::JwtVerifier;
+use pulseline_service::OpsRouter;
+use pulseline_service::auth::JwtVerifier;
+use pulseline_service::http::BearerAuth;
+use pulseline_service::ops::OpsApi;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::OpenApi;
 
 use crate::error::QueryError;
 use crate::params::RangeLimits;
@@ -54,7 +56,7 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// Lets the gateway's `AuthUser` extractor verify tokens with this API's verifier.
+/// Lets the shared `AuthUser` extractor verify tokens with this API's verifier.
 impl FromRef<AppState> for Arc<JwtVerifier> {
     fn from_ref(state: &AppState) -> Self {
         state.verifier.clone()
@@ -75,55 +77,36 @@ impl AppState {
     info(title = "pulseline query API", description = "Read path of pulseline: per-user read models, each answer with its freshness."),
     paths(
         rollups::get_rollups,
-        health::healthz,
-        health::readyz,
-        health::metrics,
-        health::openapi,
     ),
     components(schemas(
         model::RollupsAnswer,
         model::RollupPoint,
         model::Freshness,
         model::FreshnessStatus,
-        pulseline_ingest_gateway::error::ErrorEnvelope,
-        pulseline_ingest_gateway::error::ErrorBody,
+        pulseline_service::http::ErrorEnvelope,
+        pulseline_service::http::ErrorBody,
     )),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// The OpenAPI document as JSON.
+/// The OpenAPI document as JSON: the API's routes and the ops routes.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_json()
-        .unwrap_or_else(|_| "{}".to_owned())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(OpsApi::openapi());
+    doc.to_json().unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// All routes with their middleware.
+/// All routes with their middleware (the ops routes are counted and traced too).
 pub fn router(state: AppState) -> Router {
+    let ready = state.clone();
+    let ops = OpsRouter::new(state.telemetry.registry().clone())
+        .readiness(move || health::readiness(ready.clone()))
+        .openapi(state.openapi.as_ref().clone())
+        .build();
     Router::new()
         .route("/v1/me/rollups", get(rollups::get_rollups))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(health::openapi))
+        .merge(ops)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track_request))

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use pulseline_schemas::dead_letter::{DeadLetterHeaders, reason, stage};
 use pulseline_schemas::records::{SampleChange, UserEventChange};
 use pulseline_schemas::{AvroCodec, topics};
+use pulseline_service::Backoff;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage, ToBytes};
@@ -118,7 +120,7 @@ pub(crate) struct Worker {
     batches: u64,
     tokens: f64,
     last_refill: Instant,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 impl std::fmt::Debug for Worker {
@@ -227,7 +229,7 @@ impl Worker {
             stop,
             batches: 0,
             last_refill: now,
-            backoff: Duration::from_millis(100),
+            backoff: Backoff::new(Duration::from_millis(100), MAX_BACKOFF),
         })
     }
 
@@ -263,7 +265,7 @@ impl Worker {
             let n = batch.len();
             match self.process(batch) {
                 Ok(Ok(())) => {
-                    self.backoff = Duration::from_millis(100);
+                    self.backoff.reset();
                 }
                 Ok(Err(Stop::Crash)) => {
                     tracing::warn!("injected crash: abandoning the open transaction");
@@ -344,7 +346,7 @@ impl Worker {
             {
                 dead.push(DeadLetter::of(
                     m,
-                    "PROCESSOR_PANIC",
+                    reason::PROCESSOR_PANIC,
                     "a processor panicked on this record".into(),
                     "",
                 ));
@@ -356,7 +358,7 @@ impl Worker {
             let Some(payload) = m.payload() else {
                 dead.push(DeadLetter::of(
                     m,
-                    "EMPTY_PAYLOAD",
+                    reason::EMPTY_PAYLOAD,
                     "record without a value".into(),
                     "",
                 ));
@@ -377,7 +379,7 @@ impl Worker {
             match decoded {
                 Ok(input) => inputs.push((i, input)),
                 Err(e) if e.is_retryable() => return Err(e.into()),
-                Err(e) => dead.push(DeadLetter::of(m, "UNDECODABLE", e.to_string(), "")),
+                Err(e) => dead.push(DeadLetter::of(m, reason::UNDECODABLE, e.to_string(), "")),
             }
         }
 
@@ -424,7 +426,7 @@ impl Worker {
                     Ok(Outcome::NotAnInput) => {}
                     Ok(Outcome::TooLate) => dead.push(DeadLetter::of(
                         m,
-                        "TOO_LATE",
+                        reason::TOO_LATE,
                         "older than the allowed lateness".into(),
                         name,
                     )),
@@ -475,31 +477,16 @@ impl Worker {
                 .inc();
         }
         for d in &dead {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "reason",
-                    value: Some(d.reason.as_bytes()),
-                })
-                .insert(Header {
-                    key: "detail",
-                    value: Some(d.detail.as_bytes()),
-                })
-                .insert(Header {
-                    key: "processor",
-                    value: Some(d.processor.as_bytes()),
-                })
-                .insert(Header {
-                    key: "source.topic",
-                    value: Some(d.topic.as_bytes()),
-                })
-                .insert(Header {
-                    key: "source.partition",
-                    value: Some(d.partition.to_string().as_bytes()),
-                })
-                .insert(Header {
-                    key: "source.offset",
-                    value: Some(d.offset.to_string().as_bytes()),
-                });
+            let headers = DeadLetterHeaders {
+                reason: &d.reason,
+                detail: &d.detail,
+                stage: stage::PROCESSOR,
+                processor: d.processor,
+                source_topic: &d.topic,
+                source_partition: d.partition,
+                source_offset: d.offset,
+            }
+            .to_kafka();
             let mut record: BaseRecord<'_, [u8], [u8]> =
                 BaseRecord::to(&self.topics.dead_letter).headers(headers);
             if let Some(k) = &d.key {
@@ -686,8 +673,7 @@ impl Worker {
                 Ok(()) => return Ok(()),
                 Err(e) => error = e,
             }
-            std::thread::sleep(self.backoff);
-            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            std::thread::sleep(self.backoff.next_delay());
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
@@ -708,7 +694,7 @@ impl Worker {
             tracing::debug!(error = %e, "abort_transaction");
         }
         let _ = self.producer.context().take_failures();
-        std::thread::sleep(self.backoff);
+        std::thread::sleep(self.backoff.current());
         self.standby.clear();
         self.partitions.clear();
         self.refresh_positions()?;
