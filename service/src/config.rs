@@ -1,10 +1,11 @@
 //! The settings every service shares, named once. Each binary has its own `Config` (clap,
 //! flags and `PULSELINE_*` variables, defaults that work on one machine), and the settings
 //! that mean the same thing in every service use the same variable and default from here:
-//! a deployment sets `PULSELINE_DB_POOL_SIZE` once per service, not under a name that
-//! changes with the service. Settings only one service has are named
-//! `PULSELINE_<SERVICE>_<SETTING>` (e.g. `PULSELINE_SINK_GROUP_ID`), and listen addresses
-//! stay per service so that every service can run on one machine.
+//! a deployment sets `PULSELINE_DB_POOL_SIZE` in each service's environment, not under a
+//! name that changes with the service. Listen addresses stay per service
+//! (`PULSELINE_<SERVICE>_METRICS_ADDR`, ...) so that every service can run on one machine;
+//! settings only one service has are that service's (new ones are named
+//! `PULSELINE_<SERVICE>_<SETTING>`, like `PULSELINE_SINK_GROUP_ID`).
 
 use clap::ValueEnum;
 
