@@ -9,11 +9,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use pulseline_schemas::Catalog;
+use pulseline_service::auth::AuthUser;
+use pulseline_service::http::ErrorEnvelope;
 use serde_json::Value;
 
 use super::{AppState, body};
-use pulseline_service::auth::AuthUser;
-use pulseline_service::http::ErrorEnvelope;
 
 use crate::error::GatewayError;
 use crate::hashing::{self, Sha256Hash};

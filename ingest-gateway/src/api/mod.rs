@@ -8,23 +8,16 @@ mod health;
 mod privacy;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRef, MatchedPath, Request, State};
-use axum::http::HeaderName;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::FromRef;
 use axum::routing::{get, post};
 use pulseline_service::OpsRouter;
 use pulseline_service::auth::JwtVerifier;
-use pulseline_service::http::BearerAuth;
+use pulseline_service::http::{BearerAuth, observe};
 use pulseline_service::ops::OpsApi;
-use tower::ServiceBuilder;
 use tower_http::decompression::RequestDecompressionLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
 use utoipa::OpenApi;
 
 pub use batch::REPLAYED_HEADER;
@@ -33,10 +26,8 @@ pub use health::BrokerProbe;
 use crate::error::GatewayError;
 use crate::ratelimit::UserRateLimiter;
 use crate::store::Store;
-use crate::telemetry::{RequestCompleted, Telemetry};
+use crate::telemetry::Telemetry;
 use crate::validate::TimeLimits;
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Request limits the handlers enforce.
 #[derive(Debug, Clone, Copy)]
@@ -130,28 +121,20 @@ pub fn router(state: AppState) -> Router {
         .readiness(move || health::readiness(ready.clone()))
         .openapi(state.openapi.as_ref().clone())
         .build();
-    Router::new()
+    let routes = Router::new()
         .route("/v1/samples:batch", post(batch::post_samples))
         .route("/v1/events:batch", post(batch::post_events))
-        .route("/v1/me/privacy", get(privacy::get_privacy).put(privacy::put_privacy))
+        .route(
+            "/v1/me/privacy",
+            get(privacy::get_privacy).put(privacy::put_privacy),
+        )
         .merge(ops)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), track_request))
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                    let request_id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    // The path only (no query string); bodies are never logged.
-                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %request_id)
-                }).on_response(DefaultOnResponse::new().level(Level::INFO)))
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                // Unsupported encodings pass through and are refused (415) by the handler,
-                // with the error envelope.
-                .layer(RequestDecompressionLayer::new().pass_through_unaccepted(true)),
-        )
-        .with_state(state)
+        // Unsupported encodings pass through and are refused (415) by the handler, with
+        // the error envelope.
+        .layer(RequestDecompressionLayer::new().pass_through_unaccepted(true));
+    observe(routes, state.telemetry.http().clone()).with_state(state)
 }
 
 async fn not_found() -> GatewayError {
@@ -160,21 +143,4 @@ async fn not_found() -> GatewayError {
 
 async fn method_not_allowed() -> GatewayError {
     GatewayError::MethodNotAllowed
-}
-
-/// Counts every request by matched route and status.
-async fn track_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state.telemetry.emit(RequestCompleted {
-        route: &route,
-        status: response.status().as_u16(),
-        elapsed: started.elapsed(),
-    });
-    response.into_response()
 }

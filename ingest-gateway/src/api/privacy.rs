@@ -5,10 +5,10 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use pulseline_schemas::Catalog;
-
-use super::{AppState, body};
 use pulseline_service::auth::AuthUser;
 use pulseline_service::http::ErrorEnvelope;
+
+use super::{AppState, body};
 
 use crate::error::GatewayError;
 use crate::model::PrivacySettings;

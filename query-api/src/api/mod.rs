@@ -7,30 +7,21 @@ pub mod model;
 mod rollups;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRef, MatchedPath, Request, State};
-use axum::http::HeaderName;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::FromRef;
 use axum::routing::get;
 use pulseline_service::OpsRouter;
 use pulseline_service::auth::JwtVerifier;
-use pulseline_service::http::BearerAuth;
+use pulseline_service::http::{BearerAuth, observe};
 use pulseline_service::ops::OpsApi;
-use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
 use utoipa::OpenApi;
 
 use crate::error::QueryError;
 use crate::params::RangeLimits;
 use crate::store::ReadStore;
-use crate::telemetry::{RequestCompleted, Telemetry};
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::telemetry::Telemetry;
 
 /// What every handler shares; cheap to clone.
 #[derive(Debug, Clone)]
@@ -104,31 +95,12 @@ pub fn router(state: AppState) -> Router {
         .readiness(move || health::readiness(ready.clone()))
         .openapi(state.openapi.as_ref().clone())
         .build();
-    Router::new()
+    let routes = Router::new()
         .route("/v1/me/rollups", get(rollups::get_rollups))
         .merge(ops)
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), track_request))
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(|req: &Request| {
-                            let request_id = req
-                                .headers()
-                                .get(REQUEST_ID)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("-");
-                            // The path only: the query string is not logged.
-                            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %request_id)
-                        })
-                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
-                )
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
-        )
-        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed);
+    observe(routes, state.telemetry.http().clone()).with_state(state)
 }
 
 async fn not_found() -> QueryError {
@@ -137,21 +109,4 @@ async fn not_found() -> QueryError {
 
 async fn method_not_allowed() -> QueryError {
     QueryError::MethodNotAllowed
-}
-
-/// Counts every request by matched route and status.
-async fn track_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state.telemetry.emit(RequestCompleted {
-        route: &route,
-        status: response.status().as_u16(),
-        elapsed: started.elapsed(),
-    });
-    response.into_response()
 }
