@@ -9,15 +9,15 @@
 //! needs before it does anything useful.
 
 pub mod auth;
-pub mod backoff;
+mod backoff;
 pub mod config;
 #[cfg(feature = "postgres")]
 pub mod db;
 pub mod http;
-pub mod logging;
+mod logging;
 pub mod ops;
-pub mod redact;
-pub mod shutdown;
+mod redact;
+mod shutdown;
 
 pub use backoff::Backoff;
 pub use logging::init_logging;
