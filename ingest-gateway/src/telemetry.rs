@@ -104,11 +104,6 @@ impl Telemetry {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
-
-    /// Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        pulseline_service::ops::render(&self.registry)
-    }
 }
 
 /// A batch was committed (or answered from its stored answer).
@@ -220,7 +215,7 @@ mod tests {
             elapsed: Duration::from_millis(2),
             replayed: false,
         });
-        let text = t.render();
+        let text = pulseline_service::ops::render(t.registry());
         assert!(
             text.contains(r#"pulseline_gateway_items_total{status="accepted",stream="samples"} 2"#),
             "{text}"

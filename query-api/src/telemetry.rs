@@ -64,11 +64,6 @@ impl Telemetry {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
-
-    /// Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        pulseline_service::ops::render(&self.registry)
-    }
 }
 
 /// A read-model answer went out with this freshness.
@@ -110,7 +105,7 @@ mod tests {
             lag_seconds: 1.5,
             points: 3,
         });
-        let text = t.render();
+        let text = pulseline_service::ops::render(t.registry());
         assert!(
             text.contains(
                 r#"pulseline_query_read_model_answers_total{read_model="rollups",status="stale"} 1"#

@@ -122,11 +122,6 @@ impl SinkTelemetry {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
-
-    /// Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        pulseline_service::ops::render(&self.registry)
-    }
 }
 
 /// A batch committed: rows, progress and offsets.
@@ -252,7 +247,7 @@ mod tests {
             reason: "UNDECODABLE",
             detail: "bad magic byte",
         });
-        let text = t.render();
+        let text = pulseline_service::ops::render(t.registry());
         assert!(
             text.contains("pulseline_sink_rows_applied_total 3"),
             "{text}"
