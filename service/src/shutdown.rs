@@ -26,3 +26,28 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutdown signal received");
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn completes_on_sigterm() {
+        let signal = super::shutdown_signal();
+        tokio::pin!(signal);
+        // The first poll installs the handlers; only then may the signal be sent (without
+        // a handler, SIGTERM would end the test process).
+        tokio::select! {
+            () = &mut signal => panic!("completed without a signal"),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(5), signal)
+            .await
+            .expect("shutdown_signal completes on SIGTERM");
+    }
+}
