@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use pulseline_ingest_gateway::app::Application;
-use pulseline_ingest_gateway::auth::{Role, issue_hs256_token};
 use pulseline_ingest_gateway::config::Config;
 use pulseline_ingest_gateway::relay::OutboxRelay;
 use pulseline_ingest_gateway::relay::RelayConfig;
+use pulseline_service::auth::{Role, issue_hs256_token};
 use pulseline_simulator::{RequestKind, SimulatedUser, TrafficMix};
 use pulseline_testkit::Stack;
 use sqlx::PgPool;

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use pulseline_service::auth::JwtVerifier;
+use pulseline_service::shutdown_signal;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, BrokerProbe, Limits, Shared};
-use crate::auth::JwtVerifier;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::ratelimit::UserRateLimiter;
@@ -35,7 +36,8 @@ impl Application {
     /// Validates the config, connects to Postgres, runs migrations and binds the address.
     pub async fn build(config: Config) -> Result<Self, GatewayError> {
         config.validate()?;
-        let verifier = JwtVerifier::new(&config.jwt_secret, config.jwt_jwks_file.as_deref())?;
+        let verifier = JwtVerifier::new(&config.jwt_secret, config.jwt_jwks_file.as_deref())
+            .map_err(|e| GatewayError::Startup(e.to_string()))?;
         let store = Store::connect(
             &config.database_url,
             config.db_pool_size,
@@ -129,26 +131,4 @@ impl Application {
         sweeper.abort();
         result
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received; draining");
 }

@@ -10,17 +10,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use pulseline_service::config::{
+    DEFAULT_DATABASE_URL, DEFAULT_DB_ACQUIRE_TIMEOUT_MS, DEFAULT_KAFKA_BOOTSTRAP,
+    DEFAULT_READINESS_TIMEOUT_MS, check_jwt_secret, describe_jwt_secret, env,
+};
+/// The JWT settings are every API's (`pulseline_service::config`); re-exported because
+/// `Config` has fields of these types.
+pub use pulseline_service::config::{DEV_JWT_SECRET, Environment};
+use pulseline_service::redact_url;
 
 use crate::error::GatewayError;
 
-/// The development JWT secret, documented so local clients can mint tokens. A config
-/// with `PULSELINE_ENV=production` refuses to start with it.
-pub const DEV_JWT_SECRET: &str = "pulseline-dev-secret-do-not-use-in-production";
-
 const DEFAULT_ADDR: &str = "127.0.0.1:8080";
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/pulseline";
-const DEFAULT_KAFKA_BOOTSTRAP: &str = "127.0.0.1:19092";
 const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 const DEFAULT_MAX_BATCH_ITEMS: usize = 2000;
 const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 20;
@@ -38,15 +40,6 @@ const DEFAULT_IN_PROGRESS_WAIT_MS: u64 = 5000;
 /// Measured on 2 cores: 8 gives the 16 connections' throughput at half the p99 and a
 /// relay that keeps up.
 const DEFAULT_DB_POOL_SIZE: u32 = 8;
-const DEFAULT_DB_ACQUIRE_TIMEOUT_MS: u64 = 2000;
-const DEFAULT_READINESS_TIMEOUT_MS: u64 = 2000;
-
-/// Where the gateway runs: production refuses development defaults (the JWT secret).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Environment {
-    Development,
-    Production,
-}
 
 /// Everything the gateway needs to run. Durations are in the unit their name says.
 #[derive(Clone, Parser)]
@@ -60,23 +53,23 @@ pub struct Config {
     pub addr: SocketAddr,
 
     /// Postgres URL of the write path's database.
-    #[arg(long, env = "PULSELINE_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    #[arg(long, env = env::DATABASE_URL, default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
 
     /// Kafka bootstrap servers, for the readiness check only (the relay publishes).
-    #[arg(long, env = "PULSELINE_KAFKA_BOOTSTRAP", default_value = DEFAULT_KAFKA_BOOTSTRAP)]
+    #[arg(long, env = env::KAFKA_BOOTSTRAP, default_value = DEFAULT_KAFKA_BOOTSTRAP)]
     pub kafka_bootstrap: String,
 
     /// `development` or `production`; production refuses the development JWT secret.
-    #[arg(long = "env", env = "PULSELINE_ENV", value_enum, default_value_t = Environment::Development)]
+    #[arg(long = "env", env = env::ENV, value_enum, default_value_t = Environment::Development)]
     pub environment: Environment,
 
     /// HS256 secret for bearer tokens. The default is the documented development secret.
-    #[arg(long, env = "PULSELINE_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true, hide_env_values = true)]
+    #[arg(long, env = env::JWT_SECRET, default_value = DEV_JWT_SECRET, hide_default_value = true, hide_env_values = true)]
     pub jwt_secret: String,
 
     /// Optional JWKS file: RS256 tokens are verified against its keys (by `kid`).
-    #[arg(long, env = "PULSELINE_JWT_JWKS_FILE")]
+    #[arg(long, env = env::JWT_JWKS_FILE)]
     pub jwt_jwks_file: Option<PathBuf>,
 
     /// Largest request body, in bytes, AFTER gzip decompression.
@@ -126,15 +119,15 @@ pub struct Config {
 
     /// Postgres connections (about 2-4 per Postgres core is plenty: each runs a whole
     /// batch transaction).
-    #[arg(long, env = "PULSELINE_DB_POOL_SIZE", default_value_t = DEFAULT_DB_POOL_SIZE)]
+    #[arg(long, env = env::DB_POOL_SIZE, default_value_t = DEFAULT_DB_POOL_SIZE)]
     pub db_pool_size: u32,
 
     /// How long a request waits for a Postgres connection before 503 UNAVAILABLE.
-    #[arg(long, env = "PULSELINE_DB_ACQUIRE_TIMEOUT_MS", default_value_t = DEFAULT_DB_ACQUIRE_TIMEOUT_MS)]
+    #[arg(long, env = env::DB_ACQUIRE_TIMEOUT_MS, default_value_t = DEFAULT_DB_ACQUIRE_TIMEOUT_MS)]
     pub db_acquire_timeout_ms: u64,
 
     /// Time limit of each /readyz check (Postgres, broker).
-    #[arg(long, env = "PULSELINE_READINESS_TIMEOUT_MS", default_value_t = DEFAULT_READINESS_TIMEOUT_MS)]
+    #[arg(long, env = env::READINESS_TIMEOUT_MS, default_value_t = DEFAULT_READINESS_TIMEOUT_MS)]
     pub readiness_timeout_ms: u64,
 }
 
@@ -171,14 +164,8 @@ impl Config {
     /// Refuses settings the gateway must not run with. Called by `Application::build`.
     pub fn validate(&self) -> Result<(), GatewayError> {
         let bad = |msg: String| Err(GatewayError::Config(msg));
-        if self.environment == Environment::Production && self.jwt_secret == DEV_JWT_SECRET {
-            return bad(
-                "PULSELINE_ENV=production refuses the development JWT secret: set PULSELINE_JWT_SECRET".into(),
-            );
-        }
-        if self.jwt_secret.len() < 32 {
-            return bad("PULSELINE_JWT_SECRET must be at least 32 bytes".into());
-        }
+        check_jwt_secret(self.environment, &self.jwt_secret)
+            .map_err(|msg| GatewayError::Config(msg.to_owned()))?;
         if self.sample_key_retention_days < self.max_age_days {
             return bad(format!(
                 "PULSELINE_SAMPLE_KEY_RETENTION_DAYS ({}) must be >= PULSELINE_MAX_AGE_DAYS ({}): an expired key \
@@ -211,28 +198,10 @@ impl Config {
     }
 }
 
-/// The database URL with any password replaced, for logs.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
 /// Printed at start: every setting, secrets redacted.
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secret = if self.jwt_secret == DEV_JWT_SECRET {
-            "<development default>"
-        } else {
-            "<redacted>"
-        };
+        let secret = describe_jwt_secret(&self.jwt_secret);
         f.debug_struct("Config")
             .field("addr", &self.addr)
             .field("database_url", &redact_url(&self.database_url))

@@ -1,16 +1,17 @@
 //! The gateway's one error type and its mapping to the HTTP error envelope
-//! `{ "error": { "code", "message", "details" } }`, in one place (`IntoResponse` below).
+//! `{ "error": { "code", "message", "details" } }` (`pulseline_service::http`, shared by
+//! every API), in one place (`IntoResponse` below).
 //!
 //! Messages never contain sample or event values (PHI): they name the field and the rule.
 //! Every known condition has its own status and code; 500 INTERNAL is only for bugs.
 
 use std::time::Duration;
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use pulseline_service::auth::AuthError;
+use pulseline_service::http::{ErrorEnvelope, retry_after_secs};
 use serde_json::{Value, json};
-use utoipa::ToSchema;
 
 use crate::outbox::OutboxError;
 
@@ -25,12 +26,9 @@ pub enum GatewayError {
         message: String,
         field: Option<String>,
     },
-    #[error("unauthenticated: {0}")]
-    Unauthenticated(&'static str),
-    #[error("token expired")]
-    TokenExpired,
-    #[error("forbidden: {0}")]
-    Forbidden(&'static str),
+    /// No valid bearer token, or a role that may not do this.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("body larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("{items} items in one batch, more than the limit of {limit}")]
@@ -100,9 +98,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::InvalidBody { .. } => "INVALID_BODY",
-            GatewayError::Unauthenticated(_) => "UNAUTHENTICATED",
-            GatewayError::TokenExpired => "TOKEN_EXPIRED",
-            GatewayError::Forbidden(_) => "FORBIDDEN",
+            GatewayError::Auth(e) => e.code(),
             GatewayError::BodyTooLarge { .. } | GatewayError::TooManyItems { .. } => {
                 "BATCH_TOO_LARGE"
             }
@@ -122,10 +118,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::InvalidBody { .. } => StatusCode::BAD_REQUEST,
-            GatewayError::Unauthenticated(_) | GatewayError::TokenExpired => {
-                StatusCode::UNAUTHORIZED
-            }
-            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::Auth(e) => e.status(),
             GatewayError::BodyTooLarge { .. } | GatewayError::TooManyItems { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -167,10 +160,8 @@ impl GatewayError {
                 "a request with this requestId is still in progress; retry later for its answer"
                     .into()
             }
-            GatewayError::Unauthenticated(why) => (*why).to_owned(),
-            GatewayError::Forbidden(why) => (*why).to_owned(),
+            GatewayError::Auth(e) => e.public_message(),
             GatewayError::PayloadHashMismatch(why) => (*why).to_owned(),
-            GatewayError::TokenExpired => "the bearer token has expired".into(),
             other => other.to_string(),
         }
     }
@@ -195,30 +186,6 @@ impl GatewayError {
     }
 }
 
-/// Whole seconds for Retry-After, rounded up, at least 1.
-pub fn retry_after_secs(d: Duration) -> u64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    secs.max(1)
-}
-
-/// The error envelope, as documented in the OpenAPI document.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorEnvelope {
-    pub error: ErrorBody,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// UPPER_SNAKE code: INVALID_BODY, UNAUTHENTICATED, TOKEN_EXPIRED, FORBIDDEN,
-    /// BATCH_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, PAYLOAD_HASH_MISMATCH, REQUEST_IN_PROGRESS,
-    /// RATE_LIMITED, UNAVAILABLE, NOT_FOUND, METHOD_NOT_ALLOWED, INTERNAL.
-    pub code: &'static str,
-    pub message: String,
-    /// Machine-readable context (the offending field, the limit, retryAfterSeconds), or null.
-    #[schema(value_type = Object)]
-    pub details: Value,
-}
-
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -227,45 +194,17 @@ impl IntoResponse for GatewayError {
         } else if matches!(self, GatewayError::Unavailable { .. }) {
             tracing::warn!(error = %self, "dependency unavailable");
         }
-        let envelope = ErrorEnvelope {
-            error: ErrorBody {
-                code: self.code(),
-                message: self.public_message(),
-                details: self.details(),
-            },
-        };
-        let mut response = (status, axum::Json(envelope)).into_response();
-        if let Some(d) = self.retry_after() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
-        }
-        response
+        ErrorEnvelope::new(self.code(), self.public_message(), self.details())
+            .into_response_with(status, self.retry_after())
     }
-}
-
-/// Postgres error codes that mean "try again later", not "this request is wrong".
-fn is_transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08") // connection exception
-        || code.starts_with("53") // insufficient resources
-        || code.starts_with("57") // operator intervention (shutdown, cannot connect now)
-        || code == "40001" // serialization failure
-        || code == "40P01" // deadlock detected
-        || code == "55P03" // lock not available (outside the idempotency step)
 }
 
 impl From<sqlx::Error> for GatewayError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => GatewayError::unavailable(e.to_string()),
-            sqlx::Error::Database(db) if db.code().is_some_and(|c| is_transient_sqlstate(&c)) => {
-                GatewayError::unavailable(e.to_string())
-            }
-            _ => GatewayError::Internal(format!("database: {e}")),
+        if pulseline_service::db::is_unavailable(&e) {
+            GatewayError::unavailable(e.to_string())
+        } else {
+            GatewayError::Internal(format!("database: {e}"))
         }
     }
 }
@@ -282,14 +221,6 @@ impl From<OutboxError> for GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_rounds_up() {
-        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
-        assert_eq!(retry_after_secs(Duration::from_secs(5)), 5);
-        assert_eq!(retry_after_secs(Duration::ZERO), 1);
-    }
 
     #[test]
     fn pool_timeouts_are_unavailable() {

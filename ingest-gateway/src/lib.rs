@@ -4,7 +4,6 @@
 
 pub mod api;
 pub mod app;
-pub mod auth;
 pub mod config;
 pub mod error;
 pub mod hashing;

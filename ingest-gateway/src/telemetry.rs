@@ -6,9 +6,8 @@
 
 use std::time::Duration;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use pulseline_service::http::HttpMetrics;
 
 use crate::validate::RejectCode;
 
@@ -17,8 +16,7 @@ use crate::validate::RejectCode;
 #[derive(Debug, Clone)]
 pub struct Telemetry {
     registry: Registry,
-    requests: IntCounterVec,
-    request_seconds: HistogramVec,
+    http: HttpMetrics,
     items: IntCounterVec,
     rejections: IntCounterVec,
     batch_seconds: HistogramVec,
@@ -35,20 +33,8 @@ pub trait GatewayEvent {
 impl Telemetry {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("pulseline_gateway".into()), None)?;
-        let requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests by route and status"),
-            &["route", "status"],
-        )?;
-        let request_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "HTTP request latency by route",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["route"],
-        )?;
+        // Request metrics by route and status, recorded by `pulseline_service::http::observe`.
+        let http = HttpMetrics::register(&registry)?;
         let items = IntCounterVec::new(
             Opts::new(
                 "items_total",
@@ -87,8 +73,6 @@ impl Telemetry {
             Opts::new("retention_deleted_rows_total", "Rows removed by retention"),
             &["table"],
         )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(items.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(batch_seconds.clone()))?;
@@ -97,8 +81,7 @@ impl Telemetry {
         registry.register(Box::new(retention_deleted.clone()))?;
         Ok(Self {
             registry,
-            requests,
-            request_seconds,
+            http,
             items,
             rejections,
             batch_seconds,
@@ -112,32 +95,14 @@ impl Telemetry {
         event.emit(self);
     }
 
-    /// Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "encoding metrics");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+    /// The HTTP request metrics (`pulseline_service::http::observe` records them).
+    pub fn http(&self) -> &HttpMetrics {
+        &self.http
     }
-}
 
-/// An HTTP request finished (any route, any status).
-#[derive(Debug)]
-pub struct RequestCompleted<'a> {
-    pub route: &'a str,
-    pub status: u16,
-    pub elapsed: Duration,
-}
-
-impl GatewayEvent for RequestCompleted<'_> {
-    fn emit(self, t: &Telemetry) {
-        t.requests
-            .with_label_values(&[self.route, &self.status.to_string()])
-            .inc();
-        t.request_seconds
-            .with_label_values(&[self.route])
-            .observe(self.elapsed.as_secs_f64());
+    /// The registry `/metrics` serves.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -231,19 +196,6 @@ impl GatewayEvent for RetentionRan {
     }
 }
 
-/// JSON logs to stdout, filtered by `RUST_LOG` (default `info`). For binaries; tests
-/// leave logging alone.
-pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(true)
-        .with_span_list(false)
-        .try_init();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,11 +203,6 @@ mod tests {
     #[test]
     fn events_move_their_metrics() {
         let t = Telemetry::new().unwrap();
-        t.emit(RequestCompleted {
-            route: "/v1/samples:batch",
-            status: 207,
-            elapsed: Duration::from_millis(3),
-        });
         t.emit(BatchProcessed {
             stream: "samples",
             user_id: uuid::Uuid::nil(),
@@ -268,13 +215,7 @@ mod tests {
             elapsed: Duration::from_millis(2),
             replayed: false,
         });
-        let text = t.render();
-        assert!(
-            text.contains(
-                r#"pulseline_gateway_http_requests_total{route="/v1/samples:batch",status="207"} 1"#
-            ),
-            "{text}"
-        );
+        let text = pulseline_service::ops::render(t.registry());
         assert!(
             text.contains(r#"pulseline_gateway_items_total{status="accepted",stream="samples"} 2"#),
             "{text}"

@@ -10,7 +10,7 @@ use std::io::Write;
 use chrono::TimeDelta;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use pulseline_ingest_gateway::auth::{Claims, Role};
+use pulseline_service::auth::{Claims, Role};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::{
@@ -80,7 +80,7 @@ async fn authentication_errors() {
     assert_eq!(r.status(), 401);
     assert_eq!(error_code(&r.json().await.unwrap()), "UNAUTHENTICATED");
 
-    let forged = pulseline_ingest_gateway::auth::issue_hs256_token(
+    let forged = pulseline_service::auth::issue_hs256_token(
         "some-other-secret-some-other-secret-1234",
         app.user_id,
         Role::User,
@@ -90,7 +90,7 @@ async fn authentication_errors() {
     assert_eq!(r.status(), 401);
     assert_eq!(error_code(&r.json().await.unwrap()), "UNAUTHENTICATED");
 
-    let expired = pulseline_ingest_gateway::auth::issue_hs256_token(
+    let expired = pulseline_service::auth::issue_hs256_token(
         &app.config.jwt_secret,
         app.user_id,
         Role::User,

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use pulseline_ingest_gateway::auth::{Role, issue_hs256_token};
 use pulseline_ingest_gateway::outbox::OutboxRecord;
 use pulseline_schemas::Operation;
+use pulseline_service::auth::{Role, issue_hs256_token};
 use pulseline_simulator::{NaturalKey, RequestKind, SimulatedUser, TrafficMix};
 use rand::Rng;
 use relay_support::{ChangeKey, Harness, SHARDS, assert_per_user_order, change_key};

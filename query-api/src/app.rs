@@ -5,7 +5,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use pulseline_ingest_gateway::auth::JwtVerifier;
+use pulseline_service::auth::JwtVerifier;
+use pulseline_service::shutdown_signal;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, Shared};
@@ -91,26 +92,4 @@ impl Application {
             .await
             .map_err(|e| QueryError::Startup(format!("serving: {e}")))
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received; draining");
 }

@@ -1,7 +1,7 @@
 //! The query API's configuration: one struct, read from flags or `PULSELINE_*` variables,
 //! with defaults that work on one machine. Parsing it never opens a socket or a file.
-//! The JWT settings are the gateway's (same variables, same development default), so a
-//! token the gateway accepts is accepted here.
+//! The JWT settings are every API's (`pulseline_service::config`: same variables, same
+//! development default), so a token the gateway accepts is accepted here.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,20 +9,21 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
-use pulseline_ingest_gateway::config::{DEV_JWT_SECRET, Environment};
+use pulseline_service::config::{
+    DEFAULT_DATABASE_URL, DEFAULT_DB_ACQUIRE_TIMEOUT_MS, DEFAULT_READINESS_TIMEOUT_MS,
+    DEV_JWT_SECRET, Environment, check_jwt_secret, describe_jwt_secret, env,
+};
+use pulseline_service::redact_url;
 
 use crate::error::QueryError;
 
 const DEFAULT_ADDR: &str = "127.0.0.1:8081";
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/pulseline";
 /// Daily rollups: the gateway's acceptance window (400 days), so any accepted day can be
 /// read in one request.
 const DEFAULT_MAX_DAYS_DAY: u32 = 400;
 /// Hourly rollups: a month (744 points) per request.
 const DEFAULT_MAX_DAYS_HOUR: u32 = 31;
 const DEFAULT_DB_POOL_SIZE: u32 = 8;
-const DEFAULT_DB_ACQUIRE_TIMEOUT_MS: u64 = 2000;
-const DEFAULT_READINESS_TIMEOUT_MS: u64 = 2000;
 
 /// Everything the query API needs to run.
 #[derive(Clone, Parser)]
@@ -36,19 +37,19 @@ pub struct Config {
     pub addr: SocketAddr,
 
     /// Postgres holding the read models and the gateway's sequences (one database).
-    #[arg(long, env = "PULSELINE_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, env = env::DATABASE_URL, default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
     /// `development` or `production`; production refuses the development JWT secret.
-    #[arg(long = "env", env = "PULSELINE_ENV", value_enum, default_value_t = Environment::Development)]
+    #[arg(long = "env", env = env::ENV, value_enum, default_value_t = Environment::Development)]
     pub environment: Environment,
 
     /// HS256 secret for bearer tokens (the gateway's). Default: the development secret.
-    #[arg(long, env = "PULSELINE_JWT_SECRET", default_value = DEV_JWT_SECRET, hide_default_value = true)]
+    #[arg(long, env = env::JWT_SECRET, default_value = DEV_JWT_SECRET, hide_default_value = true)]
     pub jwt_secret: String,
 
     /// Optional JWKS file: RS256 tokens are verified against its keys (by `kid`).
-    #[arg(long, env = "PULSELINE_JWT_JWKS_FILE")]
+    #[arg(long, env = env::JWT_JWKS_FILE)]
     pub jwt_jwks_file: Option<PathBuf>,
 
     /// Longest `from`..`to` range, in days, for `period=day`.
@@ -60,15 +61,15 @@ pub struct Config {
     pub max_days_hour: u32,
 
     /// Postgres connections.
-    #[arg(long, env = "PULSELINE_QUERY_DB_POOL_SIZE", default_value_t = DEFAULT_DB_POOL_SIZE)]
+    #[arg(long, env = env::DB_POOL_SIZE, default_value_t = DEFAULT_DB_POOL_SIZE)]
     pub db_pool_size: u32,
 
     /// How long a request waits for a connection before 503 UNAVAILABLE.
-    #[arg(long, env = "PULSELINE_QUERY_DB_ACQUIRE_TIMEOUT_MS", default_value_t = DEFAULT_DB_ACQUIRE_TIMEOUT_MS)]
+    #[arg(long, env = env::DB_ACQUIRE_TIMEOUT_MS, default_value_t = DEFAULT_DB_ACQUIRE_TIMEOUT_MS)]
     pub db_acquire_timeout_ms: u64,
 
     /// Time limit of the /readyz check.
-    #[arg(long, env = "PULSELINE_QUERY_READINESS_TIMEOUT_MS", default_value_t = DEFAULT_READINESS_TIMEOUT_MS)]
+    #[arg(long, env = env::READINESS_TIMEOUT_MS, default_value_t = DEFAULT_READINESS_TIMEOUT_MS)]
     pub readiness_timeout_ms: u64,
 
     /// Run the sink's migrations at start-up, so the read-model tables exist whichever
@@ -99,14 +100,7 @@ impl Config {
     /// Refuses settings the API must not run with. Called by `Application::build`.
     pub fn validate(&self) -> Result<(), QueryError> {
         let bad = |msg: &str| Err(QueryError::Config(msg.to_owned()));
-        if self.environment == Environment::Production && self.jwt_secret == DEV_JWT_SECRET {
-            return bad(
-                "PULSELINE_ENV=production refuses the development JWT secret: set PULSELINE_JWT_SECRET",
-            );
-        }
-        if self.jwt_secret.len() < 32 {
-            return bad("PULSELINE_JWT_SECRET must be at least 32 bytes");
-        }
+        check_jwt_secret(self.environment, &self.jwt_secret).or_else(bad)?;
         if self.max_days_day == 0 || self.max_days_hour == 0 {
             return bad("the longest ranges must be at least one day");
         }
@@ -128,17 +122,10 @@ impl Config {
 /// Printed at start: every setting, secrets redacted.
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secret = if self.jwt_secret == DEV_JWT_SECRET {
-            "<development default>"
-        } else {
-            "<redacted>"
-        };
+        let secret = describe_jwt_secret(&self.jwt_secret);
         f.debug_struct("Config")
             .field("addr", &self.addr)
-            .field(
-                "database_url",
-                &pulseline_sinks::config::redact_url(&self.database_url),
-            )
+            .field("database_url", &redact_url(&self.database_url))
             .field("environment", &self.environment)
             .field("jwt_secret", &secret)
             .field("jwt_jwks_file", &self.jwt_jwks_file)

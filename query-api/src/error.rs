@@ -1,15 +1,15 @@
-//! The query API's one error type and its mapping to the gateway's error envelope
-//! `{ "error": { "code", "message", "details" } }` (same types, so clients parse one
-//! shape), in one place (`IntoResponse` below). Authentication failures come from the
-//! gateway's own extractor and already carry that envelope.
+//! The query API's one error type and its mapping to the shared error envelope
+//! `{ "error": { "code", "message", "details" } }` (`pulseline_service::http`, the
+//! gateway's too, so clients parse one shape), in one place (`IntoResponse` below).
+//! Authentication failures come from the shared extractor and already carry that envelope.
 //!
 //! Messages name the parameter and the rule, never a stored value.
 
 use std::time::Duration;
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use pulseline_ingest_gateway::error::{ErrorBody, ErrorEnvelope, GatewayError, retry_after_secs};
+use pulseline_service::http::{ErrorEnvelope, retry_after_secs};
 use serde_json::{Value, json};
 
 /// Retry-After for 503 answers: long enough for a pool to reconnect.
@@ -136,33 +136,23 @@ impl IntoResponse for QueryError {
         } else if self.is_retryable() {
             tracing::warn!(error = %self, "dependency unavailable");
         }
-        let envelope = ErrorEnvelope {
-            error: ErrorBody {
-                code: self.code(),
-                message: self.public_message(),
-                details: self.details(),
-            },
-        };
-        let mut response = (status, axum::Json(envelope)).into_response();
-        if self.is_retryable() {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs(UNAVAILABLE_RETRY_AFTER)),
-            );
-        }
-        response
+        let retry_after = self.is_retryable().then_some(UNAVAILABLE_RETRY_AFTER);
+        ErrorEnvelope::new(self.code(), self.public_message(), self.details())
+            .into_response_with(status, retry_after)
     }
 }
 
-/// The gateway's classification: connection-level and transient failures are 503,
+/// The shared classification: connection-level and transient failures are 503,
 /// everything else is a bug.
 impl From<sqlx::Error> for QueryError {
     fn from(e: sqlx::Error) -> Self {
-        match GatewayError::from(e) {
-            GatewayError::Unavailable { reason, details } => {
-                QueryError::Unavailable { reason, details }
+        if pulseline_service::db::is_unavailable(&e) {
+            QueryError::Unavailable {
+                reason: e.to_string(),
+                details: None,
             }
-            other => QueryError::Internal(other.to_string()),
+        } else {
+            QueryError::Internal(format!("database: {e}"))
         }
     }
 }

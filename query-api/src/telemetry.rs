@@ -3,18 +3,14 @@
 //!
 //! Nothing here logs a read-model value (PHI): only routes, statuses, counts and lags.
 
-use std::time::Duration;
-
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use pulseline_service::http::HttpMetrics;
 
 /// The API's Prometheus registry (one per application, so tests do not share counters).
 #[derive(Debug, Clone)]
 pub struct Telemetry {
     registry: Registry,
-    requests: IntCounterVec,
-    request_seconds: HistogramVec,
+    http: HttpMetrics,
     answers: IntCounterVec,
     lag_seconds: Histogram,
 }
@@ -27,20 +23,8 @@ pub trait QueryEvent {
 impl Telemetry {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("pulseline_query".into()), None)?;
-        let requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests by route and status"),
-            &["route", "status"],
-        )?;
-        let request_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "HTTP request latency by route",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["route"],
-        )?;
+        // Request metrics by route and status, recorded by `pulseline_service::http::observe`.
+        let http = HttpMetrics::register(&registry)?;
         let answers = IntCounterVec::new(
             Opts::new(
                 "read_model_answers_total",
@@ -57,14 +41,11 @@ impl Telemetry {
                 0.0, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
             ]),
         )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(request_seconds.clone()))?;
         registry.register(Box::new(answers.clone()))?;
         registry.register(Box::new(lag_seconds.clone()))?;
         Ok(Self {
             registry,
-            requests,
-            request_seconds,
+            http,
             answers,
             lag_seconds,
         })
@@ -74,32 +55,14 @@ impl Telemetry {
         event.emit(self);
     }
 
-    /// Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "encoding metrics");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+    /// The HTTP request metrics (`pulseline_service::http::observe` records them).
+    pub fn http(&self) -> &HttpMetrics {
+        &self.http
     }
-}
 
-/// An HTTP request finished (any route, any status).
-#[derive(Debug)]
-pub struct RequestCompleted<'a> {
-    pub route: &'a str,
-    pub status: u16,
-    pub elapsed: Duration,
-}
-
-impl QueryEvent for RequestCompleted<'_> {
-    fn emit(self, t: &Telemetry) {
-        t.requests
-            .with_label_values(&[self.route, &self.status.to_string()])
-            .inc();
-        t.request_seconds
-            .with_label_values(&[self.route])
-            .observe(self.elapsed.as_secs_f64());
+    /// The registry `/metrics` serves.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -136,24 +99,13 @@ mod tests {
     #[test]
     fn events_move_their_metrics() {
         let t = Telemetry::new().unwrap();
-        t.emit(RequestCompleted {
-            route: "/v1/me/rollups",
-            status: 200,
-            elapsed: Duration::from_millis(3),
-        });
         t.emit(ReadModelAnswered {
             read_model: "rollups",
             fresh: false,
             lag_seconds: 1.5,
             points: 3,
         });
-        let text = t.render();
-        assert!(
-            text.contains(
-                r#"pulseline_query_http_requests_total{route="/v1/me/rollups",status="200"} 1"#
-            ),
-            "{text}"
-        );
+        let text = pulseline_service::ops::render(t.registry());
         assert!(
             text.contains(
                 r#"pulseline_query_read_model_answers_total{read_model="rollups",status="stale"} 1"#

@@ -7,7 +7,7 @@
 mod support;
 
 use chrono::{TimeDelta, Utc};
-use pulseline_ingest_gateway::auth::{Role, issue_hs256_token};
+use pulseline_service::auth::{Role, issue_hs256_token};
 use serde_json::{Value, json};
 use support::{TestApp, error_code, spawn_app, spawn_app_with, starts};
 use uuid::Uuid;

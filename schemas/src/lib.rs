@@ -5,6 +5,7 @@
 //! their own copy of a record or a topic.
 
 pub mod catalog;
+pub mod dead_letter;
 pub mod readmodel;
 pub mod records;
 pub mod topics;

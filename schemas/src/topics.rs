@@ -19,7 +19,8 @@ use crate::Error;
 pub const SAMPLES: &str = "health.samples.v1";
 /// User events (sessions) that impact windows are computed around, keyed by user.
 pub const EVENTS: &str = "health.events.v1";
-/// Records that could not be decoded or processed, with the reason in a header.
+/// Records that could not be decoded or processed, with the reason in a header
+/// (the headers and reasons: `dead_letter`).
 pub const DEAD_LETTER: &str = "health.deadletter.v1";
 /// Versioned rollup upserts.
 pub const ROLLUPS: &str = "readmodel.rollups.v1";

@@ -7,14 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures::FutureExt;
 use pulseline_schemas::AvroCodec;
 use pulseline_schemas::topics;
+use pulseline_service::{OpsRouter, shutdown_signal};
+use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::config::SinkConfig;
@@ -94,15 +91,19 @@ impl SinkApplication {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), SinkError> {
-        let state = OpsState {
-            telemetry: self.telemetry.clone(),
-            sink: self.sink.clone(),
-        };
-        let router = Router::new()
-            .route("/metrics", get(metrics))
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .with_state(state);
+        let sink = self.sink.clone();
+        let router: axum::Router = OpsRouter::new(self.telemetry.registry().clone())
+            .readiness(move || {
+                let sink = sink.clone();
+                async move {
+                    match tokio::time::timeout(READINESS_TIMEOUT, sink.ping()).await {
+                        Ok(Ok(())) => Ok(json!({ "read_store": "ok" })),
+                        Ok(Err(e)) => Err(json!({ "read_store": e.to_string() })),
+                        Err(_) => Err(json!({ "read_store": "timed out" })),
+                    }
+                }
+            })
+            .build();
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(self.listener, router).await {
                 tracing::error!(error = %e, "metrics server stopped");
@@ -119,49 +120,4 @@ impl SinkApplication {
         server.abort();
         result
     }
-}
-
-#[derive(Clone)]
-struct OpsState {
-    telemetry: SinkTelemetry,
-    sink: Arc<dyn Sink>,
-}
-
-async fn metrics(State(state): State<OpsState>) -> Response {
-    let mut response = state.telemetry.render().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
-}
-
-async fn readyz(State(state): State<OpsState>) -> Response {
-    match tokio::time::timeout(READINESS_TIMEOUT, state.sink.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("read store: {e}")).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "read store: timed out").into_response(),
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received");
 }

@@ -6,12 +6,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
+use pulseline_service::config::{
+    DEFAULT_CREATE_TOPICS, DEFAULT_DATABASE_URL, DEFAULT_KAFKA_BOOTSTRAP,
+    DEFAULT_SCHEMA_REGISTRY_URL, env,
+};
+use pulseline_service::redact_url;
 
 use crate::error::SinkError;
 
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/pulseline";
-const DEFAULT_KAFKA_BOOTSTRAP: &str = "127.0.0.1:19092";
-const DEFAULT_SCHEMA_REGISTRY_URL: &str = "http://127.0.0.1:18081";
 const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9102";
 const DEFAULT_BATCH_MAX_RECORDS: usize = 1000;
 const DEFAULT_BATCH_LINGER_MS: u64 = 20;
@@ -27,19 +29,19 @@ const GROUP_SUFFIX: &str = "pulseline-sink.rollups";
 )]
 pub struct SinkConfig {
     /// The read store; its scheme chooses the engine (`postgres://`; `scylla://` later).
-    #[arg(long, env = "PULSELINE_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, env = env::DATABASE_URL, default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
     /// Kafka bootstrap servers.
-    #[arg(long, env = "PULSELINE_KAFKA_BOOTSTRAP", default_value = DEFAULT_KAFKA_BOOTSTRAP)]
+    #[arg(long, env = env::KAFKA_BOOTSTRAP, default_value = DEFAULT_KAFKA_BOOTSTRAP)]
     pub kafka_bootstrap: String,
 
     /// Confluent-compatible schema registry.
-    #[arg(long, env = "PULSELINE_SCHEMA_REGISTRY_URL", default_value = DEFAULT_SCHEMA_REGISTRY_URL)]
+    #[arg(long, env = env::SCHEMA_REGISTRY_URL, default_value = DEFAULT_SCHEMA_REGISTRY_URL)]
     pub schema_registry_url: String,
 
     /// Prefix of every topic, registry subject and (by default) the group id.
-    #[arg(long, env = "PULSELINE_TOPIC_PREFIX", default_value = "")]
+    #[arg(long, env = env::TOPIC_PREFIX, default_value = "")]
     pub topic_prefix: String,
 
     /// Consumer group id; also the `consumer` of the stored offsets. Default:
@@ -57,7 +59,7 @@ pub struct SinkConfig {
     pub batch_linger_ms: u64,
 
     /// Read-store connections.
-    #[arg(long, env = "PULSELINE_SINK_DB_POOL_SIZE", default_value_t = DEFAULT_DB_POOL_SIZE)]
+    #[arg(long, env = env::DB_POOL_SIZE, default_value_t = DEFAULT_DB_POOL_SIZE)]
     pub db_pool_size: u32,
 
     /// Where /metrics, /healthz and /readyz listen (port 0 picks a free port).
@@ -65,7 +67,7 @@ pub struct SinkConfig {
     pub metrics_addr: SocketAddr,
 
     /// Create the topics at start-up if they are missing.
-    #[arg(long, env = "PULSELINE_SINK_CREATE_TOPICS", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, env = env::CREATE_TOPICS, default_value_t = DEFAULT_CREATE_TOPICS, action = ArgAction::Set)]
     pub create_topics: bool,
 }
 
@@ -81,7 +83,7 @@ impl Default for SinkConfig {
             batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
             db_pool_size: DEFAULT_DB_POOL_SIZE,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9102)),
-            create_topics: true,
+            create_topics: DEFAULT_CREATE_TOPICS,
         }
     }
 }
@@ -110,22 +112,6 @@ impl SinkConfig {
 
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
-    }
-}
-
-/// `scheme://user:secret@host/...` -> `scheme://user:***@host/...`, for logs.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
-        None => url.to_owned(),
     }
 }
 
@@ -177,7 +163,6 @@ mod tests {
         let printed = format!("{c:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(printed.contains("postgres://app:***@db:5432/pulseline"));
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     #[test]

@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 /// The sink's Prometheus registry (one per runner, so tests in one process do not share
 /// counters). Cheap to clone.
@@ -120,13 +118,9 @@ impl SinkTelemetry {
         self.records_consumed.get()
     }
 
-    /// Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::error!(error = %e, "encoding metrics");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+    /// The registry `/metrics` serves.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -163,7 +157,7 @@ impl SinkEvent for BatchApplied {
 pub struct InvalidRecordSeen {
     pub partition: i32,
     pub offset: i64,
-    /// A fixed category (`undecodable`, `invalid`).
+    /// A dead-letter reason code (`pulseline_schemas::dead_letter::reason`).
     pub reason: &'static str,
     /// A fixed description: decoder errors can quote values, so they go only to the
     /// dead-letter record's header, never to the log.
@@ -233,18 +227,6 @@ impl SinkEvent for ApplyFailed<'_> {
     }
 }
 
-/// JSON logs to stdout, filtered by `RUST_LOG` (default `info`). For binaries only.
-pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(true)
-        .with_span_list(false)
-        .try_init();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,10 +244,10 @@ mod tests {
         t.emit(InvalidRecordSeen {
             partition: 0,
             offset: 9,
-            reason: "undecodable",
+            reason: "UNDECODABLE",
             detail: "bad magic byte",
         });
-        let text = t.render();
+        let text = pulseline_service::ops::render(t.registry());
         assert!(
             text.contains("pulseline_sink_rows_applied_total 3"),
             "{text}"
@@ -275,7 +257,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"pulseline_sink_invalid_records_total{reason="undecodable"} 1"#),
+            text.contains(r#"pulseline_sink_invalid_records_total{reason="UNDECODABLE"} 1"#),
             "{text}"
         );
         assert!(text.contains("pulseline_sink_batch_apply_duration_seconds_bucket"));

@@ -117,11 +117,11 @@ async fn applies_committed_aborted_and_unusable_records_exactly_as_versions_say(
         .await
         .unwrap();
     assert!(
-        text.contains(r#"pulseline_sink_invalid_records_total{reason="undecodable"} 1"#),
+        text.contains(r#"pulseline_sink_invalid_records_total{reason="UNDECODABLE"} 1"#),
         "{text}"
     );
     assert!(
-        text.contains(r#"pulseline_sink_invalid_records_total{reason="invalid"} 1"#),
+        text.contains(r#"pulseline_sink_invalid_records_total{reason="INVALID_RECORD"} 1"#),
         "{text}"
     );
     // Whether or not the broker hid the aborted records, every consumed record was

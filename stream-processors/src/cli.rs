@@ -2,17 +2,14 @@
 //! registered processor in one runtime until SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use clap::Parser;
+use pulseline_service::config::{self as shared, env};
+use pulseline_service::{OpsRouter, shutdown_signal};
+use serde_json::json;
 
 use crate::processors::{self, ProcessorsConfig, SourcePriority};
-use crate::runtime::{OffsetReset, Runtime, RuntimeConfig, RuntimeError, RuntimeMetrics, Status};
+use crate::runtime::{OffsetReset, Runtime, RuntimeConfig, RuntimeError};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -20,19 +17,11 @@ use crate::runtime::{OffsetReset, Runtime, RuntimeConfig, RuntimeError, RuntimeM
     about = "Runs pulseline's stream processors"
 )]
 pub struct Cli {
-    #[arg(
-        long,
-        env = "PULSELINE_KAFKA_BOOTSTRAP",
-        default_value = "127.0.0.1:19092"
-    )]
+    #[arg(long, env = env::KAFKA_BOOTSTRAP, default_value = shared::DEFAULT_KAFKA_BOOTSTRAP)]
     pub kafka_bootstrap: String,
-    #[arg(
-        long,
-        env = "PULSELINE_SCHEMA_REGISTRY_URL",
-        default_value = "http://127.0.0.1:18081"
-    )]
+    #[arg(long, env = env::SCHEMA_REGISTRY_URL, default_value = shared::DEFAULT_SCHEMA_REGISTRY_URL)]
     pub schema_registry_url: String,
-    #[arg(long, env = "PULSELINE_TOPIC_PREFIX", default_value = "")]
+    #[arg(long, env = env::TOPIC_PREFIX, default_value = "")]
     pub topic_prefix: String,
     /// Stable per instance (e.g. a pod ordinal): the transactional id derives from it.
     #[arg(long, env = "PULSELINE_PROCESSOR_INSTANCE_ID", default_value = "0")]
@@ -69,8 +58,8 @@ pub struct Cli {
         default_value = "127.0.0.1:9464"
     )]
     pub metrics_addr: SocketAddr,
-    /// Create the topics of schemas/topics.toml first (the local stack does this already).
-    #[arg(long, env = "PULSELINE_CREATE_TOPICS", default_value_t = false, action = clap::ArgAction::Set)]
+    /// Create the topics of schemas/topics.toml first if they are missing (idempotent).
+    #[arg(long, env = env::CREATE_TOPICS, default_value_t = shared::DEFAULT_CREATE_TOPICS, action = clap::ArgAction::Set)]
     pub create_topics: bool,
 }
 
@@ -98,52 +87,6 @@ impl Cli {
     }
 }
 
-pub fn init_json_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(false)
-        .init();
-}
-
-#[derive(Clone)]
-struct Observed {
-    metrics: RuntimeMetrics,
-    status: Arc<Status>,
-}
-
-async fn metrics(State(o): State<Observed>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        o.metrics.render(),
-    )
-}
-
-async fn ready(State(o): State<Observed>) -> StatusCode {
-    if o.status.running() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    }
-}
-
-async fn terminated() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 /// Runs until a signal (then finishes the current batch and leaves the group) or until the
 /// runtime fails.
 pub async fn run(cli: Cli) -> Result<(), RuntimeError> {
@@ -161,14 +104,19 @@ pub async fn run(cli: Cli) -> Result<(), RuntimeError> {
     }
     let runtime = Runtime::new(config, processors::registry(&processors_config))?;
     let handle = runtime.start();
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { StatusCode::OK }))
-        .route("/readyz", get(ready))
-        .with_state(Observed {
-            metrics: handle.metrics().clone(),
-            status: handle.shared_status(),
-        });
+    let status = handle.shared_status();
+    let app: axum::Router = OpsRouter::new(handle.metrics().registry().clone())
+        .readiness(move || {
+            let running = status.running();
+            async move {
+                if running {
+                    Ok(json!({ "runtime": "running" }))
+                } else {
+                    Err(json!({ "runtime": "not running" }))
+                }
+            }
+        })
+        .build();
     let listener = tokio::net::TcpListener::bind(cli.metrics_addr)
         .await
         .map_err(|e| RuntimeError::Config(format!("binding {}: {e}", cli.metrics_addr)))?;
@@ -179,7 +127,7 @@ pub async fn run(cli: Cli) -> Result<(), RuntimeError> {
         }
     };
     tokio::select! {
-        _ = terminated() => tracing::info!("signal received; stopping after the current batch"),
+        _ = shutdown_signal() => tracing::info!("stopping after the current batch"),
         _ = finished => {}
     }
     server.abort();

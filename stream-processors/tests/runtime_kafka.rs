@@ -63,7 +63,10 @@ async fn duplicates_corrections_deletions_and_backlog_equal_the_oracle() {
     env.assert_converges(&changes, CONVERGE).await;
 
     let dead = env.dead_letters().await;
-    let reasons: Vec<&str> = dead.iter().map(|h| h["reason"].as_str()).collect();
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|h| h["pulseline.reason"].as_str())
+        .collect();
     assert!(reasons.contains(&"UNDECODABLE"), "{reasons:?}");
     assert!(reasons.contains(&"UNKNOWN_METRIC"), "{reasons:?}");
     assert_eq!(reasons.len(), 2, "{dead:?}");
@@ -247,7 +250,10 @@ async fn a_panicking_processor_dead_letters_the_record_instead_of_crash_looping(
     let handle = Runtime::new(env.config("a"), processors).unwrap().start();
     env.assert_converges(&changes, CONVERGE).await;
     let dead = env.dead_letters().await;
-    let reasons: Vec<&str> = dead.iter().map(|h| h["reason"].as_str()).collect();
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|h| h["pulseline.reason"].as_str())
+        .collect();
     assert_eq!(reasons, vec!["PROCESSOR_PANIC"]);
     assert!(handle.status().aborted_batches() >= 1);
     assert!(handle.status().running());

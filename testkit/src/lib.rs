@@ -5,7 +5,11 @@
 //! The stack is started by the project's scripts (`scripts/test` runs `scripts/stack up`);
 //! nothing here starts a server, and nothing here is a mock.
 
+mod gateway_schema;
+
 use std::env;
+
+pub use gateway_schema::create_gateway_tables;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 

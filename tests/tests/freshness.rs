@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, TimeDelta, Utc};
 use pulseline_ingest_gateway::app::Application as Gateway;
-use pulseline_ingest_gateway::auth::{Role, issue_hs256_token};
 use pulseline_ingest_gateway::config::Config as GatewayConfig;
 use pulseline_ingest_gateway::relay::{OutboxRelay, RelayConfig};
 use pulseline_query_api::app::Application as QueryApi;
 use pulseline_query_api::config::Config as QueryConfig;
+use pulseline_service::auth::{Role, issue_hs256_token};
 use pulseline_sinks::app::SinkApplication;
 use pulseline_sinks::config::SinkConfig;
 use pulseline_stream_processors::processors::{ProcessorsConfig, registry};

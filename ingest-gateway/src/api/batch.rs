@@ -9,11 +9,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use pulseline_schemas::Catalog;
+use pulseline_service::auth::AuthUser;
+use pulseline_service::http::ErrorEnvelope;
 use serde_json::Value;
 
 use super::{AppState, body};
-use crate::auth::AuthUser;
-use crate::error::{ErrorEnvelope, GatewayError};
+
+use crate::error::GatewayError;
 use crate::hashing::{self, Sha256Hash};
 use crate::model::{BatchAnswer, EventsBatch, SamplesBatch};
 use crate::store::{BatchOutcome, EventBatch, EventItem, SampleBatch, SampleItem, SampleKey};

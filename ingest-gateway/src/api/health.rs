@@ -1,20 +1,16 @@
-//! `/healthz` (the process answers), `/readyz` (Postgres and the broker answer within the
-//! readiness timeout), `/metrics` (Prometheus text) and `/openapi.json`.
+//! What `/readyz` checks: Postgres and the broker answer within the readiness timeout.
+//! The ops routes themselves are `pulseline_service::ops`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use pulseline_service::ops::Readiness;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::OnceCell;
 
 use super::AppState;
-use crate::error::GatewayError;
 
 /// Checks the broker with a metadata request. The client is created on first use and
 /// kept, so a probe does not start librdkafka threads each time.
@@ -71,23 +67,8 @@ impl BrokerProbe {
     }
 }
 
-/// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Up")))]
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
-}
-
 /// Postgres answers `SELECT 1` and the broker answers a metadata request.
-#[utoipa::path(
-    get,
-    path = "/readyz",
-    tag = "operations",
-    responses(
-        (status = 200, description = "Ready"),
-        (status = 503, description = "UNAVAILABLE; details say which dependency failed", body = crate::error::ErrorEnvelope),
-    )
-)]
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, GatewayError> {
+pub(super) async fn readiness(state: AppState) -> Readiness {
     let timeout = state.readiness_timeout;
     let (postgres, kafka) = tokio::join!(
         async {
@@ -103,35 +84,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Gatewa
         Ok(()) => "ok".to_owned(),
         Err(e) => e.clone(),
     };
-    let details = json!({ "postgres": show(&postgres), "kafka": show(&kafka) });
+    let checks = json!({ "postgres": show(&postgres), "kafka": show(&kafka) });
     if postgres.is_ok() && kafka.is_ok() {
-        Ok(Json(json!({ "status": "ready", "checks": details })))
+        Ok(checks)
     } else {
-        Err(GatewayError::Unavailable {
-            reason: format!("not ready: {details}"),
-            details: Some(details),
-        })
+        Err(checks)
     }
-}
-
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut response = state.telemetry.render().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, content_type = "application/json")))]
-pub async fn openapi(State(state): State<AppState>) -> Response {
-    let mut response = state.openapi.as_ref().clone().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }

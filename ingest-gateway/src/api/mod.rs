@@ -8,33 +8,26 @@ mod health;
 mod privacy;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRef, MatchedPath, Request, State};
-use axum::http::HeaderName;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::FromRef;
 use axum::routing::{get, post};
-use tower::ServiceBuilder;
+use pulseline_service::OpsRouter;
+use pulseline_service::auth::JwtVerifier;
+use pulseline_service::http::{BearerAuth, observe};
+use pulseline_service::ops::OpsApi;
 use tower_http::decompression::RequestDecompressionLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::OpenApi;
 
 pub use batch::REPLAYED_HEADER;
 pub use health::BrokerProbe;
 
-use crate::auth::JwtVerifier;
 use crate::error::GatewayError;
 use crate::ratelimit::UserRateLimiter;
 use crate::store::Store;
-use crate::telemetry::{RequestCompleted, Telemetry};
+use crate::telemetry::Telemetry;
 use crate::validate::TimeLimits;
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Request limits the handlers enforce.
 #[derive(Debug, Clone, Copy)]
@@ -93,10 +86,6 @@ impl AppState {
         batch::post_events,
         privacy::get_privacy,
         privacy::put_privacy,
-        health::healthz,
-        health::readyz,
-        health::metrics,
-        health::openapi,
     ),
     components(schemas(
         crate::model::SamplesBatch,
@@ -111,64 +100,41 @@ impl AppState {
         crate::model::ItemResult,
         crate::model::ItemStatus,
         crate::model::PrivacySettings,
-        crate::error::ErrorEnvelope,
-        crate::error::ErrorBody,
+        pulseline_service::http::ErrorEnvelope,
+        pulseline_service::http::ErrorBody,
     )),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// The OpenAPI document as JSON.
+/// The OpenAPI document as JSON: the API's routes and the ops routes.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_json()
-        .unwrap_or_else(|_| "{}".to_owned())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(OpsApi::openapi());
+    doc.to_json().unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// All routes with their middleware.
+/// All routes with their middleware (the ops routes are counted and traced too).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let ready = state.clone();
+    let ops = OpsRouter::new(state.telemetry.registry().clone())
+        .readiness(move || health::readiness(ready.clone()))
+        .openapi(state.openapi.as_ref().clone())
+        .build();
+    let routes = Router::new()
         .route("/v1/samples:batch", post(batch::post_samples))
         .route("/v1/events:batch", post(batch::post_events))
-        .route("/v1/me/privacy", get(privacy::get_privacy).put(privacy::put_privacy))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(health::openapi))
+        .route(
+            "/v1/me/privacy",
+            get(privacy::get_privacy).put(privacy::put_privacy),
+        )
+        .merge(ops)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), track_request))
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                    let request_id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    // The path only (no query string); bodies are never logged.
-                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %request_id)
-                }).on_response(DefaultOnResponse::new().level(Level::INFO)))
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                // Unsupported encodings pass through and are refused (415) by the handler,
-                // with the error envelope.
-                .layer(RequestDecompressionLayer::new().pass_through_unaccepted(true)),
-        )
-        .with_state(state)
+        // Unsupported encodings pass through and are refused (415) by the handler, with
+        // the error envelope.
+        .layer(RequestDecompressionLayer::new().pass_through_unaccepted(true));
+    observe(routes, state.telemetry.http().clone()).with_state(state)
 }
 
 async fn not_found() -> GatewayError {
@@ -177,21 +143,4 @@ async fn not_found() -> GatewayError {
 
 async fn method_not_allowed() -> GatewayError {
     GatewayError::MethodNotAllowed
-}
-
-/// Counts every request by matched route and status.
-async fn track_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state.telemetry.emit(RequestCompleted {
-        route: &route,
-        status: response.status().as_u16(),
-        elapsed: started.elapsed(),
-    });
-    response.into_response()
 }

@@ -5,10 +5,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use pulseline_schemas::Catalog;
+use pulseline_service::auth::AuthUser;
+use pulseline_service::http::ErrorEnvelope;
 
 use super::{AppState, body};
-use crate::auth::AuthUser;
-use crate::error::{ErrorEnvelope, GatewayError};
+
+use crate::error::GatewayError;
 use crate::model::PrivacySettings;
 
 /// The caller's privacy settings.

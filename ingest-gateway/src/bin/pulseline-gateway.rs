@@ -3,11 +3,10 @@
 use clap::Parser;
 use pulseline_ingest_gateway::app::Application;
 use pulseline_ingest_gateway::config::Config;
-use pulseline_ingest_gateway::telemetry;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_logging();
+    pulseline_service::init_logging();
     let config = Config::parse();
     tracing::info!(config = ?config, "starting pulseline-gateway");
     Application::build(config)

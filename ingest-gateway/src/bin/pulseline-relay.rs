@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pulseline_ingest_gateway::relay::{Cli, init_json_logs, run_cli};
+use pulseline_ingest_gateway::relay::{Cli, run_cli};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_json_logs();
+    pulseline_service::init_logging();
     match run_cli(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -87,17 +87,6 @@ pub async fn run_cli(cli: Cli) -> Result<(), RelayError> {
     }
 }
 
-/// JSON log lines on stdout; level from `RUST_LOG` (default `info`).
-pub fn init_json_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(false)
-        .init();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

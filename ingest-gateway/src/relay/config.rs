@@ -4,14 +4,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use pulseline_service::config::{
+    DEFAULT_DATABASE_URL, DEFAULT_KAFKA_BOOTSTRAP, DEFAULT_SCHEMA_REGISTRY_URL, env,
+};
+use pulseline_service::redact_url;
 use serde::{Deserialize, Serialize};
 
 use super::RelayError;
 use crate::outbox::DEFAULT_SHARDS;
 
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/pulseline";
-const DEFAULT_KAFKA_BOOTSTRAP: &str = "127.0.0.1:19092";
-const DEFAULT_SCHEMA_REGISTRY_URL: &str = "http://127.0.0.1:18081";
 const DEFAULT_BATCH: u32 = 1000;
 const DEFAULT_POLL_MS: u64 = 500;
 const DEFAULT_DELIVERY_TIMEOUT_MS: u64 = 30_000;
@@ -22,19 +23,19 @@ const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9101";
 #[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
     /// Postgres holding the outbox (the gateway's database).
-    #[arg(long, global = true, env = "PULSELINE_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, global = true, env = env::DATABASE_URL, default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
     /// Kafka bootstrap servers.
-    #[arg(long, global = true, env = "PULSELINE_KAFKA_BOOTSTRAP", default_value = DEFAULT_KAFKA_BOOTSTRAP)]
+    #[arg(long, global = true, env = env::KAFKA_BOOTSTRAP, default_value = DEFAULT_KAFKA_BOOTSTRAP)]
     pub kafka_bootstrap: String,
     /// Confluent-compatible schema registry.
-    #[arg(long, global = true, env = "PULSELINE_SCHEMA_REGISTRY_URL", default_value = DEFAULT_SCHEMA_REGISTRY_URL)]
+    #[arg(long, global = true, env = env::SCHEMA_REGISTRY_URL, default_value = DEFAULT_SCHEMA_REGISTRY_URL)]
     pub schema_registry_url: String,
     /// Prefix of every topic and registry subject (isolates tests and environments).
     #[arg(
         long,
         global = true,
-        env = "PULSELINE_TOPIC_PREFIX",
+        env = env::TOPIC_PREFIX,
         default_value = ""
     )]
     pub topic_prefix: String,
@@ -111,27 +112,6 @@ impl RelayConfig {
     }
 }
 
-/// `scheme://user:secret@host/...` -> `scheme://user:***@host/...`.
-fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,15 +152,5 @@ mod tests {
             ..RelayConfig::default()
         };
         assert!(huge.validate().is_err());
-    }
-
-    #[test]
-    fn redaction_hides_only_the_password() {
-        assert_eq!(
-            redact_url("postgres://u:pw@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_url("postgres://h/db?x=a@b"), "postgres://h/db?x=a@b");
     }
 }

@@ -3,17 +3,8 @@
 //! here may log a payload or a value (PHI): ids, counts and error kinds only.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::RelayError;
 use crate::outbox::Stream;
@@ -90,10 +81,7 @@ impl RelayMetrics {
 
     /// The Prometheus text exposition of every collector.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        // Encoding our own well-formed families into a Vec cannot fail.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        pulseline_service::ops::render(&self.registry)
     }
 
     pub fn rows_published(&self, stream: Stream) -> u64 {
@@ -260,20 +248,4 @@ impl RelayEvent for RelayStopped {
     fn emit(self, _: &RelayMetrics) {
         tracing::info!("relay stopped");
     }
-}
-
-/// /metrics and /healthz.
-pub(crate) fn router(metrics: Arc<RelayMetrics>) -> Router {
-    Router::new()
-        .route("/metrics", get(render_metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(metrics)
-}
-
-async fn render_metrics(State(metrics): State<Arc<RelayMetrics>>) -> impl IntoResponse {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics.render(),
-    )
 }

@@ -54,6 +54,7 @@ use futures::future::join_all;
 use pulseline_schemas::records::{SampleChange, UserEventChange};
 use pulseline_schemas::wire::RecordEncoder;
 use pulseline_schemas::{AvroCodec, AvroRecord, Operation, topics};
+use pulseline_service::{Backoff, OpsRouter, shutdown_signal};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -64,7 +65,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, OnceCell, watch};
 use tokio::task::JoinSet;
 
-pub use cli::{Cli, Command, RepublishArgs, init_json_logs, run_cli};
+pub use cli::{Cli, Command, RepublishArgs, run_cli};
 pub use config::RelayConfig;
 pub use error::RelayError;
 pub use metrics::RelayMetrics;
@@ -202,7 +203,8 @@ impl OutboxRelay {
             Arc::clone(&self.inner.metrics),
         ));
         let server_task = self.metrics_listener.take().map(|listener| {
-            let app = metrics::router(Arc::clone(&self.inner.metrics));
+            // No readiness check: a relay that runs is ready (it retries its dependencies).
+            let app: axum::Router = OpsRouter::new(self.inner.metrics.registry().clone()).build();
             let mut stop = stop_rx.clone();
             tokio::spawn(async move {
                 let _ = axum::serve(listener, app)
@@ -218,7 +220,8 @@ impl OutboxRelay {
         }
         .emit(&self.inner.metrics);
 
-        let mut backoff = Backoff::default();
+        // Between failed passes: 200 ms doubling to 10 s.
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut stop = stop_rx.clone();
         let result = loop {
             if *stop.borrow() {
@@ -384,69 +387,9 @@ async fn listen_for_wakeups(database_url: String, wake: Arc<Notify>, metrics: Ar
     }
 }
 
-/// Completes on SIGTERM or ctrl-c.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
-}
-
-/// Exponential back-off between failed passes: 200 ms doubling to 10 s.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { next: Self::FIRST }
-    }
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(200);
-    const MAX: Duration = Duration::from_secs(10);
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        delay
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
-        let mut b = Backoff::default();
-        let delays: Vec<_> = (0..8).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(delays, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(200));
-    }
 
     #[test]
     fn metrics_register_and_render() {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, TimeDelta, Utc};
 use pulseline_ingest_gateway::app::Application;
-use pulseline_ingest_gateway::auth::{Role, issue_hs256_token};
 use pulseline_ingest_gateway::config::Config;
+use pulseline_service::auth::{Role, issue_hs256_token};
 use pulseline_testkit::{Stack, TestDatabase};
 use serde_json::{Value, json};
 use sqlx::PgPool;

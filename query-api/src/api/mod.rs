@@ -7,28 +7,21 @@ pub mod model;
 mod rollups;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRef, MatchedPath, Request, State};
-use axum::http::HeaderName;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::FromRef;
 use axum::routing::get;
-use pulseline_ingest_gateway::auth::JwtVerifier;
-use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use pulseline_service::OpsRouter;
+use pulseline_service::auth::JwtVerifier;
+use pulseline_service::http::{BearerAuth, observe};
+use pulseline_service::ops::OpsApi;
+use utoipa::OpenApi;
 
 use crate::error::QueryError;
 use crate::params::RangeLimits;
 use crate::store::{ReadQuery, ReadStore};
-use crate::telemetry::{ReadModelAnswered, RequestCompleted, Telemetry};
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::telemetry::{ReadModelAnswered, Telemetry};
 
 /// What every handler shares; cheap to clone.
 #[derive(Debug, Clone)]
@@ -54,7 +47,7 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// Lets the gateway's `AuthUser` extractor verify tokens with this API's verifier.
+/// Lets the shared `AuthUser` extractor verify tokens with this API's verifier.
 impl FromRef<AppState> for Arc<JwtVerifier> {
     fn from_ref(state: &AppState) -> Self {
         state.verifier.clone()
@@ -75,10 +68,6 @@ impl AppState {
     info(title = "pulseline query API", description = "Read path of pulseline: per-user read models, each answer with its freshness."),
     paths(
         rollups::get_rollups,
-        health::healthz,
-        health::readyz,
-        health::metrics,
-        health::openapi,
     ),
     components(schemas(
         model::RollupsAnswer,
@@ -86,67 +75,33 @@ impl AppState {
         model::Freshness,
         model::StreamFreshness,
         model::FreshnessStatus,
-        pulseline_ingest_gateway::error::ErrorEnvelope,
-        pulseline_ingest_gateway::error::ErrorBody,
+        pulseline_service::http::ErrorEnvelope,
+        pulseline_service::http::ErrorBody,
     )),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// The OpenAPI document as JSON.
+/// The OpenAPI document as JSON: the API's routes and the ops routes.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_json()
-        .unwrap_or_else(|_| "{}".to_owned())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(OpsApi::openapi());
+    doc.to_json().unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// All routes with their middleware.
+/// All routes with their middleware (the ops routes are counted and traced too).
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let ready = state.clone();
+    let ops = OpsRouter::new(state.telemetry.registry().clone())
+        .readiness(move || health::readiness(ready.clone()))
+        .openapi(state.openapi.as_ref().clone())
+        .build();
+    let routes = Router::new()
         .route("/v1/me/rollups", get(rollups::get_rollups))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(health::openapi))
+        .merge(ops)
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), track_request))
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(|req: &Request| {
-                            let request_id = req
-                                .headers()
-                                .get(REQUEST_ID)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("-");
-                            // The path only: the query string is not logged.
-                            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %request_id)
-                        })
-                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
-                )
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
-        )
-        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed);
+    observe(routes, state.telemetry.http().clone()).with_state(state)
 }
 
 /// The query string as pairs (repeats kept, so a parameter given twice can be refused).
@@ -185,21 +140,4 @@ async fn not_found() -> QueryError {
 
 async fn method_not_allowed() -> QueryError {
     QueryError::MethodNotAllowed
-}
-
-/// Counts every request by matched route and status.
-async fn track_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state.telemetry.emit(RequestCompleted {
-        route: &route,
-        status: response.status().as_u16(),
-        elapsed: started.elapsed(),
-    });
-    response.into_response()
 }

@@ -4,7 +4,8 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use pulseline_ingest_gateway::auth::AuthUser;
+use pulseline_service::auth::AuthUser;
+use pulseline_service::http::ErrorEnvelope;
 
 use chrono::NaiveDateTime;
 use futures::future::BoxFuture;
@@ -37,10 +38,10 @@ use crate::store::ReadQuery;
     ),
     responses(
         (status = 200, description = "The rollups and their freshness", body = RollupsAnswer),
-        (status = 400, description = "INVALID_PARAMETER; details.parameter names the parameter", body = pulseline_ingest_gateway::error::ErrorEnvelope),
-        (status = 401, description = "UNAUTHENTICATED or TOKEN_EXPIRED", body = pulseline_ingest_gateway::error::ErrorEnvelope),
-        (status = 404, description = "UNKNOWN_METRIC", body = pulseline_ingest_gateway::error::ErrorEnvelope),
-        (status = 503, description = "UNAVAILABLE (database); retry after Retry-After", body = pulseline_ingest_gateway::error::ErrorEnvelope),
+        (status = 400, description = "INVALID_PARAMETER; details.parameter names the parameter", body = ErrorEnvelope),
+        (status = 401, description = "UNAUTHENTICATED or TOKEN_EXPIRED", body = ErrorEnvelope),
+        (status = 404, description = "UNKNOWN_METRIC", body = ErrorEnvelope),
+        (status = 503, description = "UNAVAILABLE (database); retry after Retry-After", body = ErrorEnvelope),
     ),
     security(("bearer" = []))
 )]

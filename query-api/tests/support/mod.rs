@@ -5,9 +5,9 @@
 #![allow(dead_code)]
 
 use chrono::{DateTime, Utc};
-use pulseline_ingest_gateway::auth::{Role, issue_hs256_token};
 use pulseline_query_api::{Application, Config};
-use pulseline_testkit::{Stack, TestDatabase};
+use pulseline_service::auth::{Role, issue_hs256_token};
+use pulseline_testkit::{Stack, TestDatabase, create_gateway_tables};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -40,10 +40,9 @@ pub async fn spawn_app_with(with_gateway_tables: bool) -> TestApp {
     let db = Stack::from_env().create_database().await;
     let pool = PgPool::connect(&db.url).await.expect("test pool connects");
     if with_gateway_tables {
-        pulseline_ingest_gateway::MIGRATOR
-            .run(&pool)
-            .await
-            .expect("gateway migrations");
+        // The gateway's own migration files, run by the testkit: this crate depends on
+        // neither the gateway's code nor a copy of its schema.
+        create_gateway_tables(&pool).await;
     }
     let config = Config {
         addr: "127.0.0.1:0".parse().expect("address"),

@@ -1,12 +1,11 @@
 //! The read-model sink: read the config, build the application, run it.
 
 use clap::Parser;
-use pulseline_sinks::telemetry;
 use pulseline_sinks::{SinkApplication, SinkConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init_logging();
+    pulseline_service::init_logging();
     let config = SinkConfig::parse();
     tracing::info!(config = ?config, "starting pulseline-sink");
     SinkApplication::build(config)

@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pulseline_schemas::AvroCodec;
+use pulseline_schemas::dead_letter::{DeadLetterHeaders, reason, stage};
+use pulseline_service::Backoff;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
@@ -182,21 +183,21 @@ impl<M: StoredReadModel> SinkRunner<M> {
             ));
         }
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), MAX_BACKOFF);
         loop {
             let started = Instant::now();
             match self.session(shutdown.as_mut()).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() => {
                     if started.elapsed() > Duration::from_secs(60) {
-                        backoff = Duration::from_millis(200);
+                        backoff.reset();
                     }
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "sink session failed; restarting the consumer");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, backoff_ms = delay.as_millis() as u64, "sink session failed; restarting the consumer");
                     tokio::select! {
                         () = shutdown.as_mut() => return Ok(()),
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(e) => return Err(e),
             }

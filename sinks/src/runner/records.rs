@@ -11,7 +11,11 @@ impl<M: StoredReadModel> SinkRunner<M> {
         record: &RawRecord,
     ) -> Result<Result<Item<M>, (&'static str, &'static str, String)>, SinkError> {
         let Some(payload) = record.payload.as_deref() else {
-            return Ok(Err(("undecodable", "null payload", "null payload".into())));
+            return Ok(Err((
+                reason::EMPTY_PAYLOAD,
+                "null payload",
+                "null payload".into(),
+            )));
         };
         let mut attempt = 0;
         let decoded = loop {
@@ -24,14 +28,14 @@ impl<M: StoredReadModel> SinkRunner<M> {
                 Err(e) if e.is_retryable() => return Err(e.into()),
                 Err(e) => {
                     return Ok(Err((
-                        "undecodable",
+                        reason::UNDECODABLE,
                         "not a decodable row or progress record of this read model",
                         e.to_string(),
                     )));
                 }
             }
         };
-        Ok(Item::parse(decoded).map_err(|e| ("invalid", e.0, e.0.to_owned())))
+        Ok(Item::parse(decoded).map_err(|e| (reason::INVALID_RECORD, e.0, e.0.to_owned())))
     }
 
     /// Copies an unusable record to the dead-letter topic with where it came from and why.
@@ -41,33 +45,16 @@ impl<M: StoredReadModel> SinkRunner<M> {
         reason: &str,
         detail: &str,
     ) -> Result<(), SinkError> {
-        let partition = record.partition.to_string();
-        let offset = record.offset.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "pulseline.reason",
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: "pulseline.detail",
-                value: Some(detail),
-            })
-            .insert(Header {
-                key: "pulseline.source.topic",
-                value: Some(self.settings.topic.as_str()),
-            })
-            .insert(Header {
-                key: "pulseline.source.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "pulseline.source.offset",
-                value: Some(offset.as_str()),
-            })
-            .insert(Header {
-                key: "pulseline.stage",
-                value: Some("sink"),
-            });
+        let headers = DeadLetterHeaders {
+            reason,
+            detail,
+            stage: stage::SINK,
+            processor: "",
+            source_topic: &self.settings.topic,
+            source_partition: record.partition,
+            source_offset: record.offset,
+        }
+        .to_kafka();
         let payload = record.payload.as_deref().unwrap_or_default();
         let key = format!("{}:{}", record.partition, record.offset);
         self.dead_letters

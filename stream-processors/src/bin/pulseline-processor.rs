@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pulseline_stream_processors::cli::{Cli, init_json_logs, run};
+use pulseline_stream_processors::cli::{Cli, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_json_logs();
+    pulseline_service::init_logging();
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

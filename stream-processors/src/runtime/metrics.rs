@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Collectors in a registry the runtime owns (no global state: several runtimes in one
 /// test process keep their own counts).
@@ -124,9 +122,7 @@ impl RuntimeMetrics {
 
     /// The text exposition format, for `/metrics`.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        pulseline_service::ops::render(&self.registry)
     }
 
     /// Current value of a counter, for tests and the final report.

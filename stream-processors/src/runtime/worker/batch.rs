@@ -128,7 +128,7 @@ impl Worker {
             {
                 dead.push(DeadLetter::of(
                     m,
-                    "PROCESSOR_PANIC",
+                    reason::PROCESSOR_PANIC,
                     "a processor panicked on this record".into(),
                     "",
                 ));
@@ -140,7 +140,7 @@ impl Worker {
             let Some(payload) = m.payload() else {
                 dead.push(DeadLetter::of(
                     m,
-                    "EMPTY_PAYLOAD",
+                    reason::EMPTY_PAYLOAD,
                     "record without a value".into(),
                     "",
                 ));
@@ -161,7 +161,7 @@ impl Worker {
             match decoded {
                 Ok(input) => inputs.push((i, input)),
                 Err(e) if e.is_retryable() => return Err(e.into()),
-                Err(e) => dead.push(DeadLetter::of(m, "UNDECODABLE", e.to_string(), "")),
+                Err(e) => dead.push(DeadLetter::of(m, reason::UNDECODABLE, e.to_string(), "")),
             }
         }
 
@@ -221,7 +221,7 @@ impl Worker {
                     Ok(Outcome::NotAnInput) => {}
                     Ok(Outcome::TooLate) => dead.push(DeadLetter::of(
                         m,
-                        "TOO_LATE",
+                        reason::TOO_LATE,
                         "older than the allowed lateness".into(),
                         name,
                     )),
@@ -302,31 +302,16 @@ impl Worker {
     /// Sends the dead letters with where they came from and why.
     fn write_dead_letters(&self, dead: &[DeadLetter]) -> Result<(), RuntimeError> {
         for d in dead {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "reason",
-                    value: Some(d.reason.as_bytes()),
-                })
-                .insert(Header {
-                    key: "detail",
-                    value: Some(d.detail.as_bytes()),
-                })
-                .insert(Header {
-                    key: "processor",
-                    value: Some(d.processor.as_bytes()),
-                })
-                .insert(Header {
-                    key: "source.topic",
-                    value: Some(d.topic.as_bytes()),
-                })
-                .insert(Header {
-                    key: "source.partition",
-                    value: Some(d.partition.to_string().as_bytes()),
-                })
-                .insert(Header {
-                    key: "source.offset",
-                    value: Some(d.offset.to_string().as_bytes()),
-                });
+            let headers = DeadLetterHeaders {
+                reason: &d.reason,
+                detail: &d.detail,
+                stage: stage::PROCESSOR,
+                processor: d.processor,
+                source_topic: &d.topic,
+                source_partition: d.partition,
+                source_offset: d.offset,
+            }
+            .to_kafka();
             let mut record: BaseRecord<'_, [u8], [u8]> =
                 BaseRecord::to(&self.topics.dead_letter).headers(headers);
             if let Some(k) = &d.key {

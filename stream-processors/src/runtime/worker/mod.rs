@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use pulseline_schemas::dead_letter::{DeadLetterHeaders, reason, stage};
 use pulseline_schemas::records::{SampleChange, UserEventChange};
 use pulseline_schemas::{AvroCodec, topics};
+use pulseline_service::Backoff;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage, ToBytes};
@@ -96,7 +98,7 @@ pub(crate) struct Worker {
     batches: u64,
     tokens: f64,
     last_refill: Instant,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 impl std::fmt::Debug for Worker {
@@ -205,7 +207,7 @@ impl Worker {
             stop,
             batches: 0,
             last_refill: now,
-            backoff: Duration::from_millis(100),
+            backoff: Backoff::new(Duration::from_millis(100), MAX_BACKOFF),
         })
     }
 
@@ -241,7 +243,7 @@ impl Worker {
             let n = batch.len();
             match self.process(batch) {
                 Ok(Ok(())) => {
-                    self.backoff = Duration::from_millis(100);
+                    self.backoff.reset();
                 }
                 Ok(Err(Stop::Crash)) => {
                     tracing::warn!("injected crash: abandoning the open transaction");

@@ -22,8 +22,7 @@ impl Worker {
                 Ok(()) => return Ok(()),
                 Err(e) => error = e,
             }
-            std::thread::sleep(self.backoff);
-            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            std::thread::sleep(self.backoff.next_delay());
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
@@ -44,7 +43,7 @@ impl Worker {
             tracing::debug!(error = %e, "abort_transaction");
         }
         let _ = self.producer.context().take_failures();
-        std::thread::sleep(self.backoff);
+        std::thread::sleep(self.backoff.current());
         self.standby.clear();
         self.partitions.clear();
         self.refresh_positions()?;
