@@ -492,7 +492,19 @@ impl<P: Processor> DynTask for ErasedTask<P> {
 }
 
 /// Wraps a processor for the registration list (`processors::registry`).
+///
+/// Read models of one input stream only, for now: a row's version is the change id of the
+/// newest change that touched it, and change ids of two streams do not order against each
+/// other. A read model joining samples and events needs a version that grows with either
+/// stream and is injective (e.g. the pair of applied positions compared lexicographically);
+/// until the runtime has one, registering such a processor does not compile.
 pub fn register<P: Processor>(processor: P) -> Box<dyn DynProcessor> {
+    const {
+        assert!(
+            <P::Output as ReadModel>::STREAMS.len() == 1,
+            "read models over several input streams need a cross-stream version rule (engine::register)"
+        )
+    };
     Box::new(Registered(Arc::new(processor)))
 }
 
