@@ -18,22 +18,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use chrono::{DateTime, TimeDelta, Utc};
 use clap::{Args, Parser};
-use pulseline_ingest_gateway::app::Application;
-use pulseline_ingest_gateway::config::Config as GatewayConfig;
+use pulseline_cli::pipeline::{Pipeline, PipelineConfig};
 use pulseline_ingest_gateway::outbox::Stream;
-use pulseline_ingest_gateway::relay::{OutboxRelay, RelayConfig};
-use pulseline_query_api::app::Application as QueryApplication;
-use pulseline_query_api::config::Config as QueryConfig;
 use pulseline_schemas::Operation;
 use pulseline_schemas::records::SampleChange;
-use pulseline_service::auth::{Role, issue_hs256_token};
 use pulseline_simulator::{NaturalKey, RequestKind, SimulatedUser, TrafficMix};
-use pulseline_sinks::app::SinkApplication;
-use pulseline_sinks::config::SinkConfig;
 use pulseline_stream_processors::cli::Cli as ProcessorCli;
 use pulseline_stream_processors::oracle;
-use pulseline_stream_processors::processors::{registered_names, registry};
-use pulseline_stream_processors::runtime::Runtime;
+use pulseline_stream_processors::processors::registered_names;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 
@@ -95,80 +87,32 @@ struct Tally {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let gateway_config = GatewayConfig {
-        addr: args.gateway_addr,
-        database_url: args.database_url.clone(),
-        kafka_bootstrap: args.kafka_bootstrap.clone(),
-        ..GatewayConfig::default()
-    };
-    let secret = gateway_config.jwt_secret.clone();
-    let gateway = Application::build(gateway_config)
-        .await
-        .context("starting the gateway")?;
-    let gateway_url = format!("http://{}", gateway.local_addr());
-    tokio::spawn(gateway.run_until(std::future::pending()));
-
-    let relay = OutboxRelay::build(RelayConfig {
-        database_url: args.database_url.clone(),
-        kafka_bootstrap: args.kafka_bootstrap.clone(),
-        schema_registry_url: args.schema_registry_url.clone(),
-        topic_prefix: args.topic_prefix.clone(),
-        metrics_addr: "127.0.0.1:0".parse()?,
-        ..RelayConfig::default()
-    })
-    .await
-    .context("starting the relay")?;
-    let relay_metrics = relay.metrics();
+    let mut config = PipelineConfig::new(
+        &args.database_url,
+        &args.kafka_bootstrap,
+        &args.schema_registry_url,
+        &args.topic_prefix,
+    );
+    config.gateway_addr = args.gateway_addr;
+    config.query_addr = args.query_addr;
+    let processors = ProcessorCli::parse_from(["pulseline-processor"]);
+    config.runtime = processors.runtime_config();
+    config.processors = processors.processors_config();
+    let joining = Instant::now();
+    let pipeline = Pipeline::start(config).await?;
+    let (gateway_url, query_url) = (pipeline.gateway_url.clone(), pipeline.query_url.clone());
+    let relay_metrics = pipeline.relay_metrics.clone();
+    let runtime = &pipeline.processors;
     println!(
         "pulseline run: gateway {gateway_url}, relay metrics http://{}/metrics",
-        relay.metrics_addr()
+        pipeline.relay_metrics_addr
     );
-    tokio::spawn(relay.run_until(std::future::pending::<()>()));
-
-    let sink = SinkApplication::build(SinkConfig {
-        database_url: args.database_url.clone(),
-        kafka_bootstrap: args.kafka_bootstrap.clone(),
-        schema_registry_url: args.schema_registry_url.clone(),
-        topic_prefix: args.topic_prefix.clone(),
-        metrics_addr: "127.0.0.1:0".parse()?,
-        ..SinkConfig::default()
-    })
-    .await
-    .context("starting the sink")?;
-    tokio::spawn(sink.run_until(std::future::pending::<()>()));
-
-    let query = QueryApplication::build(QueryConfig {
-        addr: args.query_addr,
-        database_url: args.database_url.clone(),
-        ..QueryConfig::default()
-    })
-    .await
-    .context("starting the query API")?;
-    let query_url = format!("http://{}", query.local_addr());
-    tokio::spawn(query.run_until(std::future::pending()));
-
-    let processors = ProcessorCli::parse_from(["pulseline-processor"]);
-    let mut runtime_config = processors.runtime_config();
-    runtime_config.kafka_bootstrap = args.kafka_bootstrap.clone();
-    runtime_config.schema_registry_url = args.schema_registry_url.clone();
-    runtime_config.topic_prefix = args.topic_prefix.clone();
-    let runtime = Runtime::new(runtime_config, registry(&processors.processors_config()))
-        .context("configuring the stream processors")?
-        .start();
     println!(
         "  processors: {}; sink to Postgres; query API {query_url}",
         registered_names().join(", ")
     );
-    // A consumer group join plus the state restore take a few seconds; start the traffic
-    // once the processors own their partitions, so latencies measure the pipeline.
-    let joining = Instant::now();
-    while runtime.status().assigned().is_empty() {
-        ensure!(
-            joining.elapsed() < Duration::from_secs(90),
-            "the stream processors got no partitions within 90 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Traffic starts once the processors own their partitions, so latencies measure the
+    // pipeline, not a consumer-group join and state restore.
     println!(
         "  processors own {} partitions after {:.1} s",
         runtime.status().assigned().len(),
@@ -199,12 +143,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let mut tokens = Vec::with_capacity(users.len());
     for u in &users {
-        tokens.push(issue_hs256_token(
-            &secret,
-            u.lock().await.user_id,
-            Role::User,
-            24 * 3600,
-        ));
+        tokens.push(pipeline.token(u.lock().await.user_id));
     }
     let began = Instant::now();
     let deadline = began + Duration::from_secs(args.duration);
@@ -401,7 +340,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         println!("Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
     }
-    runtime
+    pipeline
+        .processors
         .shutdown()
         .await
         .context("stopping the processors")?;

@@ -6,31 +6,19 @@
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, TimeDelta, Utc};
-use pulseline_ingest_gateway::app::Application as Gateway;
-use pulseline_ingest_gateway::config::Config as GatewayConfig;
-use pulseline_ingest_gateway::relay::{OutboxRelay, RelayConfig};
-use pulseline_query_api::app::Application as QueryApi;
-use pulseline_query_api::config::Config as QueryConfig;
-use pulseline_service::auth::{Role, issue_hs256_token};
-use pulseline_sinks::app::SinkApplication;
-use pulseline_sinks::config::SinkConfig;
-use pulseline_stream_processors::processors::{ProcessorsConfig, registry};
-use pulseline_stream_processors::runtime::{Runtime, RuntimeConfig, RuntimeHandle};
+use pulseline_cli::pipeline::{Pipeline, PipelineConfig};
 use pulseline_testkit::{Stack, TestDatabase};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// The whole pipeline on a private database and topic prefix.
-struct Pipeline {
+struct Env {
     _db: TestDatabase,
-    gateway_url: String,
-    query_url: String,
-    secret: String,
-    processors: RuntimeHandle,
+    p: Pipeline,
     http: reqwest::Client,
 }
 
-impl Pipeline {
+impl Env {
     /// Starts every service; the processors dead-letter records more than a day older
     /// than the user's newest (`TOO_LATE`), so a test can provoke a dead letter.
     async fn start(test: &str) -> Self {
@@ -38,83 +26,19 @@ impl Pipeline {
         let db = stack.create_database().await;
         let prefix = stack.unique_prefix(test);
         stack.create_topics(&prefix).await;
-        let any_port = "127.0.0.1:0".parse().expect("address");
-
-        let gateway_config = GatewayConfig {
-            addr: any_port,
-            database_url: db.url.clone(),
-            kafka_bootstrap: stack.kafka_bootstrap.clone(),
-            ..GatewayConfig::default()
-        };
-        let secret = gateway_config.jwt_secret.clone();
-        let gateway = Gateway::build(gateway_config).await.expect("gateway");
-        let gateway_url = format!("http://{}", gateway.local_addr());
-        tokio::spawn(gateway.run_until(std::future::pending()));
-
-        let relay = OutboxRelay::build(RelayConfig {
-            database_url: db.url.clone(),
-            kafka_bootstrap: stack.kafka_bootstrap.clone(),
-            schema_registry_url: stack.schema_registry_url.clone(),
-            topic_prefix: prefix.clone(),
-            metrics_addr: any_port,
-            ..RelayConfig::default()
-        })
-        .await
-        .expect("relay");
-        tokio::spawn(relay.run_until(std::future::pending::<()>()));
-
-        let sink = SinkApplication::build(SinkConfig {
-            database_url: db.url.clone(),
-            kafka_bootstrap: stack.kafka_bootstrap.clone(),
-            schema_registry_url: stack.schema_registry_url.clone(),
-            topic_prefix: prefix.clone(),
-            metrics_addr: any_port,
-            ..SinkConfig::default()
-        })
-        .await
-        .expect("sink");
-        tokio::spawn(sink.run_until(std::future::pending::<()>()));
-
-        let query = QueryApi::build(QueryConfig {
-            addr: any_port,
-            database_url: db.url.clone(),
-            ..QueryConfig::default()
-        })
-        .await
-        .expect("query API");
-        let query_url = format!("http://{}", query.local_addr());
-        tokio::spawn(query.run_until(std::future::pending()));
-
-        let runtime = RuntimeConfig {
-            kafka_bootstrap: stack.kafka_bootstrap.clone(),
-            schema_registry_url: stack.schema_registry_url.clone(),
-            topic_prefix: prefix,
-            allowed_lateness_days: 1,
-            ..RuntimeConfig::default()
-        };
-        let processors = Runtime::new(runtime, registry(&ProcessorsConfig::default()))
-            .expect("processors")
-            .start();
-        let joining = Instant::now();
-        while processors.status().assigned().is_empty() {
-            assert!(
-                joining.elapsed() < Duration::from_secs(60),
-                "the processors got no partitions within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mut config = PipelineConfig::new(
+            &db.url,
+            &stack.kafka_bootstrap,
+            &stack.schema_registry_url,
+            &prefix,
+        );
+        config.runtime.allowed_lateness_days = 1;
+        let p = Pipeline::start(config).await.expect("the pipeline starts");
         Self {
             _db: db,
-            gateway_url,
-            query_url,
-            secret,
-            processors,
+            p,
             http: reqwest::Client::new(),
         }
-    }
-
-    fn token(&self, user: Uuid) -> String {
-        issue_hs256_token(&self.secret, user, Role::User, 3600)
     }
 
     /// Uploads one batch; returns the user's sequence after it.
@@ -126,8 +50,8 @@ impl Pipeline {
         });
         let answer: Value = self
             .http
-            .post(format!("{}/v1/samples:batch", self.gateway_url))
-            .bearer_auth(self.token(user))
+            .post(format!("{}/v1/samples:batch", self.p.gateway_url))
+            .bearer_auth(self.p.token(user))
             .json(&body)
             .send()
             .await
@@ -143,14 +67,14 @@ impl Pipeline {
         let today = Utc::now().date_naive();
         let url = format!(
             "{}/v1/me/rollups?metric={metric}&period=day&from={}&to={}",
-            self.query_url,
+            self.p.query_url,
             today - TimeDelta::days(20),
             today + TimeDelta::days(1)
         );
         let response = self
             .http
             .get(url)
-            .bearer_auth(self.token(user))
+            .bearer_auth(self.p.token(user))
             .send()
             .await
             .expect("query API answers");
@@ -188,7 +112,7 @@ fn heart_rate(record: &str, minutes_ago: i64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_that_touch_no_rollup_row_still_end_fresh() {
-    let p = Pipeline::start("fresh").await;
+    let p = Env::start("fresh").await;
 
     // A category the rollups ignore: a user whose only upload is one sleep stage.
     let sleeper = Uuid::new_v4();
@@ -228,11 +152,11 @@ async fn changes_that_touch_no_rollup_row_still_end_fresh() {
         vec![&json!(recent_day.to_string())],
         "only today's sample is in the rollups: the old one was dead-lettered"
     );
-    let metrics = p.processors.metrics().render();
+    let metrics = p.p.processors.metrics().render();
     assert!(
         metrics.contains(r#"pulseline_processor_dead_letters_total{reason="TOO_LATE"} 1"#),
         "{metrics}"
     );
 
-    p.processors.shutdown().await.expect("processors stop");
+    p.p.processors.shutdown().await.expect("processors stop");
 }
