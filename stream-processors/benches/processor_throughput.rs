@@ -20,13 +20,11 @@ fn minute_steps(users: usize, minutes: i64) -> Vec<SampleChange> {
     let mut out = Vec::new();
     for u in 0..users {
         let user = format!("00000000-0000-4000-8000-{u:012}");
+        // Each change is its own request: the user's sequence counts them.
+        let mut seq = 0;
         for m in 0..minutes {
             for (source, device) in [("watch", "apple_watch"), ("phone", "iphone")] {
-                let seq = out
-                    .iter()
-                    .filter(|c: &&SampleChange| c.user_id == user)
-                    .count() as i64
-                    + 1;
+                seq += 1;
                 out.push(SampleChange {
                     user_id: user.clone(),
                     change_seq: seq,
