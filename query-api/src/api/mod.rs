@@ -5,6 +5,7 @@
 mod health;
 pub mod model;
 mod rollups;
+mod sleep;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,6 +76,7 @@ impl AppState {
     info(title = "pulseline query API", description = "Read path of pulseline: per-user read models, each answer with its freshness."),
     paths(
         rollups::get_rollups,
+        sleep::get_sleep,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -83,6 +85,8 @@ impl AppState {
     components(schemas(
         model::RollupsAnswer,
         model::RollupPoint,
+        model::SleepAnswer,
+        model::SleepNight,
         model::Freshness,
         model::StreamFreshness,
         model::FreshnessStatus,
@@ -121,6 +125,7 @@ pub fn openapi_json() -> String {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/me/rollups", get(rollups::get_rollups))
+        .route("/v1/me/sleep", get(sleep::get_sleep))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
