@@ -270,6 +270,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mismatches = check_stored_samples(&pool, &users).await?;
     let oracle = check_rollups(&pool, &users).await?;
+    let sleep_check = check_sleep(&pool, &users).await?;
     let mut lat = latencies.lock().await.clone();
     lat.sort();
     let pct = |p: f64| {
@@ -320,6 +321,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "  check: {} rollup buckets compared with the brute-force oracle: {} differ",
         oracle.compared, oracle.differing
     );
+    println!(
+        "  check: {} sleep nights compared with the brute-force sleep oracle: {} differ",
+        sleep_check.compared, sleep_check.differing
+    );
     if mismatches == 0 {
         println!(
             "  check: Postgres holds exactly what every simulated client believes it stored (last write per key, deletions applied)"
@@ -337,6 +342,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         println!(
             "  curl -s -H 'Authorization: Bearer {token}' '{query_url}/v1/me/rollups?metric=STEPS&period=day&from={from}&to={today}'"
         );
+        println!(
+            "  curl -s -H 'Authorization: Bearer {token}' '{query_url}/v1/me/sleep?from={from}&to={today}'"
+        );
         println!("Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
     }
@@ -352,6 +360,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ensure!(
         oracle.differing == 0,
         "rollups differ from the brute-force oracle"
+    );
+    ensure!(
+        sleep_check.differing == 0,
+        "sleep nights differ from the brute-force sleep oracle"
     );
     Ok(())
 }
@@ -501,32 +513,7 @@ async fn check_rollups(
     pool: &PgPool,
     users: &[Arc<Mutex<SimulatedUser>>],
 ) -> anyhow::Result<OracleCheck> {
-    let mut changes = Vec::new();
-    let mut user_ids = Vec::new();
-    for user in users {
-        let u = user.lock().await;
-        user_ids.push(u.user_id);
-        for (i, (key, c)) in u.expected().iter().enumerate() {
-            changes.push(SampleChange {
-                user_id: u.user_id.to_string(),
-                change_seq: 1,
-                change_index: i32::try_from(i)?,
-                operation: Operation::Upsert,
-                source_id: key.source_id.clone(),
-                device_type: c.device_type.to_owned(),
-                source_record_id: key.source_record_id.clone(),
-                start_at: c.start_at,
-                metric: c.metric.to_owned(),
-                end_at: Some(c.end_at),
-                tz_offset_minutes: c.tz_offset_minutes,
-                value: c.value,
-                unit: None,
-                category: c.category.map(str::to_owned),
-                metadata_json: None,
-                accepted_at: 0,
-            });
-        }
-    }
+    let (changes, user_ids) = client_changes(users).await?;
     let expected = oracle::rollups(&changes);
     let rows: Vec<StoredRollupRow> = sqlx::query_as(
         "SELECT user_id, metric, period,
@@ -568,4 +555,142 @@ async fn check_rollups(
         compared: expected.len(),
         differing: problems.len(),
     })
+}
+
+/// A stored sleep night: (`user|night`, bed_at, wake_at, in bed, asleep, awake, rem,
+/// deep, core, unspecified, latency, efficiency, awakenings, naps, nap minutes, sources).
+type StoredNightRow = (
+    String,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    f64,
+    f64,
+    f64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    f64,
+    Option<f64>,
+    Option<f64>,
+    i32,
+    i32,
+    f64,
+    Vec<String>,
+);
+
+/// Recomputes every sleep night by brute force (the sleep oracle: minute-independent
+/// sweep of the resolved timeline, sharing no code with the processor) from what the
+/// clients believe they stored, compares it with the `sleep_night` table the sink wrote,
+/// and prints a few of the nights.
+async fn check_sleep(
+    pool: &PgPool,
+    users: &[Arc<Mutex<SimulatedUser>>],
+) -> anyhow::Result<OracleCheck> {
+    use pulseline_stream_processors::Input;
+    use pulseline_stream_processors::testing::sleep_oracle::NightRow;
+    use pulseline_stream_processors::testing::{Oracle, SleepOracle};
+
+    let (changes, user_ids) = client_changes(users).await?;
+    let inputs: Vec<Input> = changes.into_iter().map(Input::Sample).collect();
+    let expected = SleepOracle.expected(&inputs);
+    let rows: Vec<StoredNightRow> = sqlx::query_as(
+        "SELECT user_id::text || '|' || to_char(night, 'YYYY-MM-DD'), bed_at, wake_at, in_bed_minutes,
+                asleep_minutes, awake_minutes, rem_minutes, deep_minutes, core_minutes,
+                unspecified_minutes, latency_minutes, efficiency, awakenings, nap_count,
+                nap_minutes, sources
+         FROM sleep_night WHERE user_id = ANY($1) AND NOT deleted ORDER BY user_id, night",
+    )
+    .bind(&user_ids)
+    .fetch_all(pool)
+    .await?;
+    let micros = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_micros());
+    let actual: BTreeMap<String, NightRow> = rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.0,
+                NightRow {
+                    bed_at: micros(r.1),
+                    wake_at: micros(r.2),
+                    in_bed: r.3,
+                    asleep: r.4,
+                    awake: r.5,
+                    rem: r.6,
+                    deep: r.7,
+                    core: r.8,
+                    unspecified: r.9,
+                    latency: r.10,
+                    efficiency: r.11,
+                    awakenings: r.12,
+                    nap_count: r.13,
+                    nap_minutes: r.14,
+                    sources: r.15,
+                },
+            )
+        })
+        .collect();
+    println!(
+        "  sleep nights computed ({} in all; the first few):",
+        actual.len()
+    );
+    for (key, n) in actual.iter().take(6) {
+        let night = key.split('|').nth(1).unwrap_or_default();
+        println!(
+            "    {night}: in bed {:.1} min, asleep {:.1} (deep {:?}, rem {:?}, core {:?}, unspecified {:.1}), latency {:?}, efficiency {:?}, {} awakenings, {} naps ({:.1} min), sources {:?}",
+            n.in_bed,
+            n.asleep,
+            n.deep,
+            n.rem,
+            n.core,
+            n.unspecified,
+            n.latency,
+            n.efficiency,
+            n.awakenings,
+            n.nap_count,
+            n.nap_minutes,
+            n.sources
+        );
+    }
+    let problems = SleepOracle.diff(&actual, &expected);
+    for p in problems.iter().take(5) {
+        println!("    sleep oracle: {p}");
+    }
+    Ok(OracleCheck {
+        compared: expected.len(),
+        differing: problems.len(),
+    })
+}
+
+/// What the clients believe they stored, as sample changes (one change id each), and the
+/// users' ids.
+async fn client_changes(
+    users: &[Arc<Mutex<SimulatedUser>>],
+) -> anyhow::Result<(Vec<SampleChange>, Vec<uuid::Uuid>)> {
+    let mut changes = Vec::new();
+    let mut user_ids = Vec::new();
+    for user in users {
+        let u = user.lock().await;
+        user_ids.push(u.user_id);
+        for (i, (key, c)) in u.expected().iter().enumerate() {
+            changes.push(SampleChange {
+                user_id: u.user_id.to_string(),
+                change_seq: 1,
+                change_index: i32::try_from(i)?,
+                operation: Operation::Upsert,
+                source_id: key.source_id.clone(),
+                device_type: c.device_type.to_owned(),
+                source_record_id: key.source_record_id.clone(),
+                start_at: c.start_at,
+                metric: c.metric.to_owned(),
+                end_at: Some(c.end_at),
+                tz_offset_minutes: c.tz_offset_minutes,
+                value: c.value,
+                unit: None,
+                category: c.category.map(str::to_owned),
+                metadata_json: None,
+                accepted_at: 0,
+            });
+        }
+    }
+    Ok((changes, user_ids))
 }

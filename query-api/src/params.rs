@@ -60,32 +60,41 @@ pub struct RollupsQuery {
 
 const KNOWN: [&str; 4] = ["metric", "period", "from", "to"];
 
+/// Refuses unknown and repeated parameters (a typo must not silently widen an answer).
+fn check_names(pairs: &[(String, String)], known: &[&str]) -> Result<(), QueryError> {
+    for (i, (name, _)) in pairs.iter().enumerate() {
+        if !known.contains(&name.as_str()) {
+            return Err(QueryError::invalid_with(
+                name,
+                format!("unknown parameter `{name}`"),
+                json!({ "allowed": known }),
+            ));
+        }
+        if pairs[..i].iter().any(|(n, _)| n == name) {
+            return Err(QueryError::invalid(
+                name,
+                format!("`{name}` is given more than once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The non-empty value of a required parameter.
+fn required<'a>(pairs: &'a [(String, String)], name: &str) -> Result<&'a str, QueryError> {
+    pairs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| QueryError::invalid(name, format!("`{name}` is required")))
+}
+
 impl RollupsQuery {
     /// Parses the decoded query pairs. Syntax (400) is checked before existence (404).
     pub fn parse(pairs: &[(String, String)], limits: RangeLimits) -> Result<Self, QueryError> {
-        for (i, (name, _)) in pairs.iter().enumerate() {
-            if !KNOWN.contains(&name.as_str()) {
-                return Err(QueryError::invalid_with(
-                    name,
-                    format!("unknown parameter `{name}`"),
-                    json!({ "allowed": KNOWN }),
-                ));
-            }
-            if pairs[..i].iter().any(|(n, _)| n == name) {
-                return Err(QueryError::invalid(
-                    name,
-                    format!("`{name}` is given more than once"),
-                ));
-            }
-        }
-        let get = |name: &str| -> Result<&str, QueryError> {
-            pairs
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| QueryError::invalid(name, format!("`{name}` is required")))
-        };
+        check_names(pairs, &KNOWN)?;
+        let get = |name: &str| required(pairs, name);
         let metric = get("metric")?;
         let period = match get("period")?.to_ascii_lowercase().as_str() {
             "day" => Period::Day,
@@ -145,6 +154,44 @@ impl RollupsQuery {
             .unwrap_or(NaiveDate::MAX)
             .and_time(NaiveTime::MIN);
         (start, end)
+    }
+}
+
+/// `GET /v1/me/sleep` parameters, checked: a range of dates of waking, both included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SleepQuery {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+}
+
+impl SleepQuery {
+    /// The longest range, in dates of waking (a year, leap years included).
+    pub const MAX_DAYS: i64 = 366;
+    const KNOWN: [&'static str; 2] = ["from", "to"];
+
+    pub fn parse(pairs: &[(String, String)]) -> Result<Self, QueryError> {
+        check_names(pairs, &Self::KNOWN)?;
+        let from = parse_date("from", required(pairs, "from")?)?;
+        let to = parse_date("to", required(pairs, "to")?)?;
+        if from > to {
+            return Err(QueryError::invalid_with(
+                "from",
+                "`from` must not be after `to`",
+                json!({ "from": from.to_string(), "to": to.to_string() }),
+            ));
+        }
+        let days = (to - from).num_days() + 1;
+        if days > Self::MAX_DAYS {
+            return Err(QueryError::invalid_with(
+                "to",
+                format!(
+                    "the range `from`..`to` covers {days} days; at most {} are allowed",
+                    Self::MAX_DAYS
+                ),
+                json!({ "days": days, "maxDays": Self::MAX_DAYS }),
+            ));
+        }
+        Ok(Self { from, to })
     }
 }
 

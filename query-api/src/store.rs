@@ -17,7 +17,13 @@ use crate::api::model::{Freshness, FreshnessStatus, StreamFreshness};
 use crate::error::QueryError;
 
 /// Tables the API reads whatever the read model; /readyz reports the missing ones.
-const TABLES: [&str; 4] = ["rollup", "sink_progress", "user_stream", "accepted_change"];
+const TABLES: [&str; 5] = [
+    "rollup",
+    "sleep_night",
+    "sink_progress",
+    "user_stream",
+    "accepted_change",
+];
 
 /// How the API reads one read model: one implementation per read model (its query
 /// parameters, its rows, its answer); `ReadStore::read` adds the snapshot and freshness.

@@ -242,16 +242,23 @@ pub struct SleepNightUpsert {
     pub in_bed_minutes: f64,
     pub asleep_minutes: f64,
     pub awake_minutes: f64,
-    pub rem_minutes: f64,
-    pub deep_minutes: f64,
-    pub core_minutes: f64,
+    /// Null (not 0) when no slice of the night resolved to a stage (a phone-only night).
+    pub rem_minutes: Option<f64>,
+    pub deep_minutes: Option<f64>,
+    pub core_minutes: Option<f64>,
     pub latency_minutes: Option<f64>,
     pub efficiency: Option<f64>,
     pub awakenings: i32,
+    /// UTC instants (microseconds) of the main sleep's start and end.
     pub bed_at: Option<i64>,
     pub wake_at: Option<i64>,
     pub sources: Vec<String>,
     pub applied_seq: i64,
+    /// Asleep minutes without a stage (`asleep_unspecified`).
+    pub unspecified_minutes: f64,
+    /// Sessions ending that date other than the main sleep, and their asleep minutes.
+    pub nap_count: i32,
+    pub nap_minutes: f64,
 }
 avro_record!(
     SleepNightUpsert,
@@ -279,9 +286,9 @@ impl ReadModel for SleepNightUpsert {
             in_bed_minutes: 0.0,
             asleep_minutes: 0.0,
             awake_minutes: 0.0,
-            rem_minutes: 0.0,
-            deep_minutes: 0.0,
-            core_minutes: 0.0,
+            rem_minutes: None,
+            deep_minutes: None,
+            core_minutes: None,
             latency_minutes: None,
             efficiency: None,
             awakenings: 0,
@@ -289,6 +296,9 @@ impl ReadModel for SleepNightUpsert {
             wake_at: None,
             sources: Vec::new(),
             applied_seq: 0,
+            unspecified_minutes: 0.0,
+            nap_count: 0,
+            nap_minutes: 0.0,
         }
     }
 

@@ -217,9 +217,9 @@ fn sleep_night() -> SleepNightUpsert {
         in_bed_minutes: 480.0,
         asleep_minutes: 440.0,
         awake_minutes: 40.0,
-        rem_minutes: 100.0,
-        deep_minutes: 80.0,
-        core_minutes: 260.0,
+        rem_minutes: Some(100.0),
+        deep_minutes: Some(80.0),
+        core_minutes: None,
         latency_minutes: Some(12.0),
         efficiency: Some(0.916),
         awakenings: 3,
@@ -227,6 +227,9 @@ fn sleep_night() -> SleepNightUpsert {
         wake_at: Some(1_763_878_800_000_000),
         sources: vec!["watch-1".into()],
         applied_seq: 4,
+        unspecified_minutes: 260.0,
+        nap_count: 1,
+        nap_minutes: 25.5,
     }
 }
 

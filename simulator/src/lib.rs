@@ -1,8 +1,9 @@
 //! Simulated users of the upload API: what a fleet of phones and watches sends.
 //!
 //! Each [`SimulatedUser`] owns a watch and a phone (overlapping step counts, as in real
-//! life), produces heart rate with a daily rhythm, steps in the daytime and sleep stages at
-//! night, walking forward through time from a start in the past (so a batch can be days
+//! life), produces heart rate with a daily rhythm, steps in the daytime and sleep at night
+//! (the watch records stages every 10 minutes and sometimes an afternoon nap; the phone
+//! records `in_bed` and `asleep_unspecified` over the same night, uploaded on waking), walking forward through time from a start in the past (so a batch can be days
 //! of offline backlog), and mixes in the awkward traffic the gateway must absorb: retries
 //! of the same request, unchanged re-uploads, corrections and deletions.
 //!
@@ -193,12 +194,22 @@ impl SimulatedUser {
             let rhythm = 62.0 + 14.0 * ((hour_phase - 4.0) / 24.0 * std::f64::consts::TAU).sin();
             if device.device_type == "apple_watch" {
                 let hr = (rhythm + self.rng.random_range(-4.0..4.0)).round();
-                minute.push(("HEART_RATE", Some(hr), None, 0));
+                minute.push(("HEART_RATE", Some(hr), None, 0, 0));
                 if asleep && start.minute().is_multiple_of(10) {
                     let stages = ["core", "deep", "rem", "core", "awake"];
                     let stage = stages[self.rng.random_range(0..stages.len())];
-                    minute.push(("SLEEP_STAGE", None, Some(stage), 10));
+                    minute.push(("SLEEP_STAGE", None, Some(stage), 0, 10));
                 }
+                if local_hour == 14 && start.minute() == 40 && self.rng.random_bool(0.25) {
+                    // An afternoon nap 14:00-14:40, uploaded once it is over.
+                    minute.push(("SLEEP_STAGE", None, Some("core"), 40, 40));
+                }
+            }
+            if device.device_type == "iphone" && local_hour == 7 && start.minute() == 0 {
+                // On waking, the phone uploads the night it measured: in bed 23:00-07:00,
+                // asleep 23:20-06:50, over the same hours as the watch's stages.
+                minute.push(("SLEEP_STAGE", None, Some("in_bed"), 480, 480));
+                minute.push(("SLEEP_STAGE", None, Some("asleep_unspecified"), 460, 450));
             }
             if !asleep {
                 let steps = f64::from(self.rng.random_range(0..120u32));
@@ -210,25 +221,28 @@ impl SimulatedUser {
                         "STEPS",
                         Some(if phone { steps * 4.0 } else { steps }),
                         None,
+                        0,
                         len,
                     ));
                 }
             }
             let device = &mut self.devices[d];
-            for (metric, value, category, len_min) in minute {
+            // (metric, value, category, minutes before this minute it began, length)
+            for (metric, value, category, back_min, len_min) in minute {
+                let begin = start - TimeDelta::minutes(back_min);
                 let key = NaturalKey {
                     source_id: device.source_id.clone(),
                     source_record_id: format!("r{}", device.next_record),
-                    start_at: start.timestamp_micros(),
+                    start_at: begin.timestamp_micros(),
                 };
                 device.next_record += 1;
-                let end = start + TimeDelta::minutes(len_min);
+                let end = begin + TimeDelta::minutes(len_min);
                 let content = SampleContent {
                     device_type: device.device_type,
                     metric,
                     value,
                     category,
-                    start_at: start.timestamp_micros(),
+                    start_at: begin.timestamp_micros(),
                     end_at: end.timestamp_micros(),
                     tz_offset_minutes: self.tz_offset_minutes,
                 };

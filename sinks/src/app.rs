@@ -45,7 +45,7 @@ impl SinkApplication {
         let factory = RunnerFactory {
             settings: RunnerSettings {
                 kafka_bootstrap: config.kafka_bootstrap.clone(),
-                group_id: config.group_id(),
+                group_id: config.group_base(),
                 topic: String::new(),
                 dead_letter_topic: topics::prefixed(&config.topic_prefix, topics::DEAD_LETTER),
                 batch_max_records: config.batch_max_records,

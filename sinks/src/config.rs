@@ -18,8 +18,8 @@ const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9102";
 const DEFAULT_BATCH_MAX_RECORDS: usize = 1000;
 const DEFAULT_BATCH_LINGER_MS: u64 = 20;
 const DEFAULT_DB_POOL_SIZE: u32 = 4;
-/// The group id's name after the topic prefix; the prefix keeps tests' groups apart.
-const GROUP_SUFFIX: &str = "pulseline-sink.rollups";
+/// The group ids' base after the topic prefix; the prefix keeps tests' groups apart.
+const GROUP_SUFFIX: &str = "pulseline-sink";
 
 /// Everything the sink needs to run.
 #[derive(Clone, Parser)]
@@ -44,8 +44,9 @@ pub struct SinkConfig {
     #[arg(long, env = env::TOPIC_PREFIX, default_value = "")]
     pub topic_prefix: String,
 
-    /// Consumer group id; also the `consumer` of the stored offsets. Default:
-    /// `<prefix>pulseline-sink.rollups`. Changing it starts over from the beginning.
+    /// Base of the consumer group ids: each read model's runner is its own group,
+    /// `<base>.<read model>` (also the `consumer` of its stored offsets). Default base:
+    /// `<prefix>pulseline-sink`. Changing it starts over from the beginning.
     #[arg(long, env = "PULSELINE_SINK_GROUP_ID")]
     pub group_id: Option<String>,
 
@@ -104,10 +105,18 @@ impl SinkConfig {
         Ok(())
     }
 
-    pub fn group_id(&self) -> String {
+    /// The base of every runner's group id (see `group_id`).
+    pub fn group_base(&self) -> String {
         self.group_id
             .clone()
             .unwrap_or_else(|| format!("{}{GROUP_SUFFIX}", self.topic_prefix))
+    }
+
+    /// The consumer group of one read model's runner. One group per read model, not one
+    /// per process: runners on different topics in one group rebalance each other (and
+    /// the embedded broker does not assign mixed subscriptions correctly).
+    pub fn group_id(&self, read_model: &str) -> String {
+        format!("{}.{read_model}", self.group_base())
     }
 
     pub fn batch_linger(&self) -> Duration {
@@ -123,7 +132,7 @@ impl fmt::Debug for SinkConfig {
             .field("kafka_bootstrap", &self.kafka_bootstrap)
             .field("schema_registry_url", &self.schema_registry_url)
             .field("topic_prefix", &self.topic_prefix)
-            .field("group_id", &self.group_id())
+            .field("group_base", &self.group_base())
             .field("batch_max_records", &self.batch_max_records)
             .field("batch_linger_ms", &self.batch_linger_ms)
             .field("db_pool_size", &self.db_pool_size)
@@ -144,12 +153,12 @@ mod tests {
         assert_eq!(parsed.batch_max_records, d.batch_max_records);
         assert_eq!(parsed.batch_linger_ms, d.batch_linger_ms);
         assert!(d.validate().is_ok());
-        assert_eq!(d.group_id(), "pulseline-sink.rollups");
+        assert_eq!(d.group_id("rollups"), "pulseline-sink.rollups");
         let prefixed = SinkConfig {
             topic_prefix: "t-x.".into(),
             ..SinkConfig::default()
         };
-        assert_eq!(prefixed.group_id(), "t-x.pulseline-sink.rollups");
+        assert_eq!(prefixed.group_id("rollups"), "t-x.pulseline-sink.rollups");
         let off = SinkConfig::parse_from(["pulseline-sink", "--create-topics", "false"]);
         assert!(!off.create_topics);
     }

@@ -21,7 +21,7 @@ pub mod telemetry;
 
 use std::sync::Arc;
 
-use pulseline_schemas::records::RollupUpsert;
+use pulseline_schemas::records::{RollupUpsert, SleepNightUpsert};
 
 pub use app::SinkApplication;
 pub use config::SinkConfig;
@@ -80,5 +80,8 @@ pub fn read_model_runners(
     store: &Store,
     make: &runner::RunnerFactory,
 ) -> Result<Vec<Arc<dyn ReadModelRunner>>, SinkError> {
-    Ok(vec![make.runner::<RollupUpsert>(store)?])
+    Ok(vec![
+        make.runner::<RollupUpsert>(store)?,
+        make.runner::<SleepNightUpsert>(store)?,
+    ])
 }

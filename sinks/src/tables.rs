@@ -7,9 +7,9 @@
 //! no per-table SQL. Floats survive exactly: serde writes the shortest decimal that reads
 //! back as the same double, and Postgres reads decimals correctly rounded.
 
-use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use pulseline_schemas::ReadModel;
-use pulseline_schemas::records::{Period, RollupUpsert};
+use pulseline_schemas::records::{Period, RollupUpsert, SleepNightUpsert};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -98,6 +98,106 @@ impl StoredReadModel for RollupUpsert {
             min: r.min.filter(|_| live),
             max: r.max.filter(|_| live),
             count: if live { r.count } else { 0 },
+            sources: if live { r.sources.clone() } else { Vec::new() },
+            deleted: r.deleted,
+            version: r.version,
+        })
+    }
+}
+
+/// `sleep_night`: one row per user and local date of waking
+/// (migrations/1002_sleep_nights.sql).
+#[derive(Debug, Clone, Serialize)]
+pub struct SleepNightColumns {
+    user_id: Uuid,
+    night: NaiveDate,
+    bed_at: Option<DateTime<Utc>>,
+    wake_at: Option<DateTime<Utc>>,
+    in_bed_minutes: f64,
+    asleep_minutes: f64,
+    awake_minutes: f64,
+    latency_minutes: Option<f64>,
+    efficiency: Option<f64>,
+    awakenings: i32,
+    rem_minutes: Option<f64>,
+    deep_minutes: Option<f64>,
+    core_minutes: Option<f64>,
+    unspecified_minutes: f64,
+    nap_count: i32,
+    nap_minutes: f64,
+    sources: Vec<String>,
+    deleted: bool,
+    version: i64,
+}
+
+impl StoredReadModel for SleepNightUpsert {
+    const TABLE: &'static str = "sleep_night";
+    const KEY_COLUMNS: &'static [Column] = &[col("user_id", "uuid"), col("night", "date")];
+    const VALUE_COLUMNS: &'static [Column] = &[
+        col("bed_at", "timestamptz"),
+        col("wake_at", "timestamptz"),
+        col("in_bed_minutes", "float8"),
+        col("asleep_minutes", "float8"),
+        col("awake_minutes", "float8"),
+        col("latency_minutes", "float8"),
+        col("efficiency", "float8"),
+        col("awakenings", "int4"),
+        col("rem_minutes", "float8"),
+        col("deep_minutes", "float8"),
+        col("core_minutes", "float8"),
+        col("unspecified_minutes", "float8"),
+        col("nap_count", "int4"),
+        col("nap_minutes", "float8"),
+        col("sources", "text[]"),
+        col("deleted", "bool"),
+        col("version", "int8"),
+    ];
+    type Columns = SleepNightColumns;
+
+    fn columns(r: &Self, user_id: Uuid) -> Result<SleepNightColumns, InvalidRecord> {
+        let night = NaiveDate::parse_from_str(&r.night, "%Y-%m-%d")
+            .map_err(|_| InvalidRecord("night is not YYYY-MM-DD"))?;
+        let instant = |t: Option<i64>, what| match t {
+            None => Ok(None),
+            Some(micros) => DateTime::from_timestamp_micros(micros)
+                .map(Some)
+                .ok_or(InvalidRecord(what)),
+        };
+        let bed_at = instant(r.bed_at, "bedAt is out of range")?;
+        let wake_at = instant(r.wake_at, "wakeAt is out of range")?;
+        let live = !r.deleted;
+        if live && r.efficiency.is_some_and(|e| !(0.0..=1.0).contains(&e)) {
+            return Err(InvalidRecord("efficiency is outside 0..1"));
+        }
+        let minutes = [
+            r.in_bed_minutes,
+            r.asleep_minutes,
+            r.awake_minutes,
+            r.nap_minutes,
+        ];
+        if live && minutes.iter().any(|m| !m.is_finite() || *m < 0.0) {
+            return Err(InvalidRecord("a minutes figure is negative or not finite"));
+        }
+        // A deleted night keeps only its version (the tombstone that blocks resurrection).
+        let keep = |v: Option<f64>| v.filter(|_| live);
+        let num = |v: f64| if live { v } else { 0.0 };
+        Ok(SleepNightColumns {
+            user_id,
+            night,
+            bed_at: bed_at.filter(|_| live),
+            wake_at: wake_at.filter(|_| live),
+            in_bed_minutes: num(r.in_bed_minutes),
+            asleep_minutes: num(r.asleep_minutes),
+            awake_minutes: num(r.awake_minutes),
+            latency_minutes: keep(r.latency_minutes),
+            efficiency: keep(r.efficiency),
+            awakenings: if live { r.awakenings } else { 0 },
+            rem_minutes: keep(r.rem_minutes),
+            deep_minutes: keep(r.deep_minutes),
+            core_minutes: keep(r.core_minutes),
+            unspecified_minutes: num(r.unspecified_minutes),
+            nap_count: if live { r.nap_count } else { 0 },
+            nap_minutes: num(r.nap_minutes),
             sources: if live { r.sources.clone() } else { Vec::new() },
             deleted: r.deleted,
             version: r.version,

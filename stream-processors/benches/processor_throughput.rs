@@ -1,8 +1,11 @@
-//! Throughput of the runtime with the rollups processor, transactions on and off, measured
-//! in the same run on the local stack (`scripts/stack up`), printed as samples/s and as the
-//! ratio that is the cost of exactly-once:
+//! Throughput of the runtime with the registered processors (rollups, sleep nights),
+//! transactions on and off, measured in the same run on the local stack (`scripts/stack
+//! up`), printed as samples/s and as the ratio that is the cost of exactly-once; then each
+//! processor alone through the in-memory engine (no Kafka), side by side, on its own
+//! workload (minute steps for rollups, watch-and-phone nights for sleep):
 //! `cargo bench -p pulseline-stream-processors --bench processor_throughput`
-//! Knobs (env): BENCH_USERS (20), BENCH_MINUTES (1000 per user, two sources each).
+//! Knobs (env): BENCH_USERS (20), BENCH_MINUTES (1000 per user, two sources each),
+//! BENCH_NIGHTS (30 per user: 48 watch stages and 2 phone samples each).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -10,8 +13,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use pulseline_schemas::records::SampleChange;
-use pulseline_stream_processors::processors::{ProcessorsConfig, registry};
+use pulseline_stream_processors::harness::Harness;
+use pulseline_stream_processors::processors::{ProcessorsConfig, Rollups, SleepNights, registry};
 use pulseline_stream_processors::runtime::Runtime;
+use pulseline_stream_processors::{Input, Processor};
 use support::kafka::{Env, wait_for};
 
 fn minute_steps(users: usize, minutes: i64) -> Vec<SampleChange> {
@@ -47,6 +52,76 @@ fn minute_steps(users: usize, minutes: i64) -> Vec<SampleChange> {
         }
     }
     out
+}
+
+/// Per user and night: the watch's stages every 10 minutes from 23:00 to 07:00 (+01:00)
+/// and the phone's in_bed and asleep_unspecified over the same hours.
+fn nights(users: usize, nights: i64) -> Vec<SampleChange> {
+    const MIN: i64 = 60_000_000;
+    let base = 1_780_268_400_000_000; // 2026-05-31T22:00:00Z = 23:00 +01:00
+    let stages = ["core", "deep", "core", "rem", "awake", "core"];
+    let mut out = Vec::new();
+    for u in 0..users {
+        let user = format!("00000000-0000-4000-8000-{u:012}");
+        let mut seq = 0;
+        for n in 0..nights {
+            let bed = base + n * 24 * 60 * MIN;
+            let mut samples = vec![
+                ("phone", "iphone", bed, 480, "in_bed"),
+                ("phone", "iphone", bed + 20 * MIN, 450, "asleep_unspecified"),
+            ];
+            for k in 0..48 {
+                samples.push((
+                    "watch",
+                    "apple_watch",
+                    bed + k * 10 * MIN,
+                    10,
+                    stages[k as usize % 6],
+                ));
+            }
+            for (source, device, start, minutes, stage) in samples {
+                seq += 1;
+                out.push(SampleChange {
+                    user_id: user.clone(),
+                    change_seq: seq,
+                    change_index: 0,
+                    operation: pulseline_schemas::Operation::Upsert,
+                    source_id: source.into(),
+                    device_type: device.into(),
+                    source_record_id: format!("{seq}"),
+                    start_at: start,
+                    metric: "SLEEP_STAGE".into(),
+                    end_at: Some(start + minutes * MIN),
+                    tz_offset_minutes: 60,
+                    value: None,
+                    unit: None,
+                    category: Some(stage.into()),
+                    metadata_json: None,
+                    accepted_at: 0,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// One processor alone through the in-memory engine (the code the runtime runs, without
+/// Kafka, transactions or encoding), in batches of 5000: the processor's own cost.
+fn engine_only<P: Processor>(processor: P, changes: &[SampleChange]) -> f64 {
+    let mut h = Harness::new(processor);
+    let started = Instant::now();
+    let mut rows = 0;
+    for batch in changes.chunks(5000) {
+        rows += h.batch(batch.iter().cloned().map(Input::Sample)).1.len();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "engine only, {}: {} samples in {secs:.2} s = {:.0} samples/s ({rows} rows out)",
+        P::NAME,
+        changes.len(),
+        changes.len() as f64 / secs,
+    );
+    changes.len() as f64 / secs
 }
 
 fn knob(name: &str, default: usize) -> usize {
@@ -97,5 +172,14 @@ async fn main() {
         "exactly-once costs {:.0}% of at-least-once throughput (ratio {:.3})",
         (1.0 - with / without) * 100.0,
         with / without
+    );
+    let users = knob("BENCH_USERS", 20);
+    engine_only(
+        Rollups::default(),
+        &minute_steps(users, knob("BENCH_MINUTES", 1000) as i64),
+    );
+    engine_only(
+        SleepNights::default(),
+        &nights(users, knob("BENCH_NIGHTS", 30) as i64),
     );
 }

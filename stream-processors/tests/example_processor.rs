@@ -88,9 +88,9 @@ impl Processor for SleepMinutes {
                 in_bed_minutes: asleep,
                 asleep_minutes: asleep,
                 awake_minutes: 0.0,
-                rem_minutes: 0.0,
-                deep_minutes: 0.0,
-                core_minutes: 0.0,
+                rem_minutes: None,
+                deep_minutes: None,
+                core_minutes: None,
                 latency_minutes: None,
                 efficiency: None,
                 awakenings: 0,
@@ -98,6 +98,9 @@ impl Processor for SleepMinutes {
                 wake_at: None,
                 sources: Vec::new(),
                 applied_seq: 0,
+                unspecified_minutes: 0.0,
+                nap_count: 0,
+                nap_minutes: 0.0,
             });
         }
     }

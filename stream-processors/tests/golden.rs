@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use pulseline_stream_processors::processors::Rollups;
+use pulseline_stream_processors::processors::{Rollups, SleepNights};
 use pulseline_stream_processors::testing::golden::check_golden;
 
 #[test]
@@ -11,5 +11,13 @@ fn rollups_golden_fixture() {
     check_golden(
         Rollups::default,
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/processors/rollups/golden"),
+    );
+}
+
+#[test]
+fn sleep_nights_golden_fixture() {
+    check_golden(
+        SleepNights::default,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/processors/sleep/golden"),
     );
 }

@@ -82,6 +82,38 @@ impl Env {
         response.json().await.expect("JSON answer")
     }
 
+    /// Waits until the user's sleep nights are fresh at `seq`; returns the answer.
+    async fn sleep_fresh_at(&self, user: Uuid, seq: i64) -> Value {
+        let today = Utc::now().date_naive();
+        let url = format!(
+            "{}/v1/me/sleep?from={}&to={}",
+            self.p.query_url,
+            today - TimeDelta::days(20),
+            today + TimeDelta::days(1)
+        );
+        let began = Instant::now();
+        loop {
+            let response = self
+                .http
+                .get(&url)
+                .bearer_auth(self.p.token(user))
+                .send()
+                .await
+                .expect("query API answers");
+            assert_eq!(response.status(), 200);
+            let answer: Value = response.json().await.expect("JSON answer");
+            let f = &answer["freshness"];
+            if f["status"] == "fresh" && f["appliedSeq"] == seq {
+                return answer;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "sleep still not fresh at {seq} after 60 s: {f}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Waits until the user's rollups are fresh at `seq`; returns the answer.
     async fn fresh_at(&self, user: Uuid, metric: &str, seq: i64) -> Value {
         let began = Instant::now();
@@ -139,6 +171,19 @@ async fn changes_that_touch_no_rollup_row_still_end_fresh() {
 
     let answer = p.fresh_at(sleeper, "HEART_RATE", 1).await;
     assert_eq!(answer["data"], json!([]), "a sleep stage makes no rollup");
+    // ... but a night: 50 minutes of light (core) sleep, through the sleep read model.
+    let nights = p.sleep_fresh_at(sleeper, 1).await;
+    let night = &nights["data"][0];
+    assert_eq!(nights["data"].as_array().map(Vec::len), Some(1), "{nights}");
+    assert_eq!(
+        (
+            &night["asleepMinutes"],
+            &night["coreMinutes"],
+            &night["sources"]
+        ),
+        (&json!(50.0), &json!(50.0), &json!([night["sources"][0]])),
+        "{nights}"
+    );
 
     let answer = p.fresh_at(late, "HEART_RATE", 2).await;
     let days: Vec<&Value> = answer["data"]
@@ -152,9 +197,14 @@ async fn changes_that_touch_no_rollup_row_still_end_fresh() {
         vec![&json!(recent_day.to_string())],
         "only today's sample is in the rollups: the old one was dead-lettered"
     );
+    // Every registered processor reads samples and refuses it, each with its own dead
+    // letter (naming the processor), so a replay can put it back to each.
+    let processors = pulseline_stream_processors::processors::registered_names().len();
     let metrics = p.p.processors.metrics().render();
     assert!(
-        metrics.contains(r#"pulseline_processor_dead_letters_total{reason="TOO_LATE"} 1"#),
+        metrics.contains(&format!(
+            r#"pulseline_processor_dead_letters_total{{reason="TOO_LATE"}} {processors}"#
+        )),
         "{metrics}"
     );
 

@@ -5,6 +5,7 @@
 mod health;
 pub mod model;
 mod rollups;
+mod sleep;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,10 +69,13 @@ impl AppState {
     info(title = "pulseline query API", description = "Read path of pulseline: per-user read models, each answer with its freshness."),
     paths(
         rollups::get_rollups,
+        sleep::get_sleep,
     ),
     components(schemas(
         model::RollupsAnswer,
         model::RollupPoint,
+        model::SleepAnswer,
+        model::SleepNight,
         model::Freshness,
         model::StreamFreshness,
         model::FreshnessStatus,
@@ -98,6 +102,7 @@ pub fn router(state: AppState) -> Router {
         .build();
     let routes = Router::new()
         .route("/v1/me/rollups", get(rollups::get_rollups))
+        .route("/v1/me/sleep", get(sleep::get_sleep))
         .merge(ops)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);

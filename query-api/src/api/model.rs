@@ -78,3 +78,55 @@ pub enum FreshnessStatus {
     Fresh,
     Stale,
 }
+
+/// `GET /v1/me/sleep` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SleepAnswer {
+    /// One entry per date of waking that has a main sleep, oldest first (newest last); a
+    /// date without sleep is absent.
+    pub data: Vec<SleepNight>,
+    pub freshness: Freshness,
+}
+
+/// One night: the main sleep session ending on `date`, and the naps ending that date.
+/// Minutes are rounded to 0.1. Overlapping sources never add up: each moment takes the
+/// stage of the highest-priority source (watch before phone), so `inBedMinutes` =
+/// `asleepMinutes` + `awakeMinutes`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SleepNight {
+    /// The local date of waking, `YYYY-MM-DD`: the date on which the main sleep ended, in
+    /// the time-zone offset recorded by the sample that ended it. Not a UTC date.
+    pub date: String,
+    /// When the main sleep began: a UTC instant, RFC 3339 with `Z`.
+    pub bed_at: Option<String>,
+    /// When the main sleep ended: a UTC instant, RFC 3339 with `Z`.
+    pub wake_at: Option<String>,
+    /// `wakeAt` - `bedAt`, gaps of up to 60 minutes included (counted as awake).
+    pub in_bed_minutes: f64,
+    /// core + deep + rem + unspecified.
+    pub asleep_minutes: f64,
+    /// In bed and not asleep (awake, in bed, or no sample).
+    pub awake_minutes: f64,
+    /// From `bedAt` to the first minute asleep.
+    pub latency_minutes: Option<f64>,
+    /// asleep / in bed, 0..1, to 3 decimals.
+    pub efficiency: Option<f64>,
+    /// Awake bouts of at least 5 minutes between falling asleep and the final waking.
+    pub awakenings: i32,
+    /// Null (not 0) when no source recorded stages that night (a phone-only night).
+    pub rem_minutes: Option<f64>,
+    /// Null (not 0) when no source recorded stages that night.
+    pub deep_minutes: Option<f64>,
+    /// Light sleep. Null (not 0) when no source recorded stages that night.
+    pub core_minutes: Option<f64>,
+    /// Asleep without a stage (phones).
+    pub unspecified_minutes: f64,
+    /// Other sleep sessions (at least 15 minutes asleep) ending on `date`.
+    pub nap_count: i32,
+    /// Minutes asleep in those naps, not part of the night's figures.
+    pub nap_minutes: f64,
+    /// Sources whose samples won at least one moment of the main sleep.
+    pub sources: Vec<String>,
+}

@@ -67,8 +67,10 @@ impl RunnerFactory {
         &self,
         store: &crate::Store,
     ) -> Result<Arc<dyn ReadModelRunner>, SinkError> {
+        // `settings.group_id` is the base: each read model consumes in its own group.
         let settings = RunnerSettings {
             topic: pulseline_schemas::topics::prefixed(&self.topic_prefix, M::TOPIC),
+            group_id: format!("{}.{}", self.settings.group_id, M::NAME),
             ..self.settings.clone()
         };
         Ok(Arc::new(SinkRunner::<M>::new(

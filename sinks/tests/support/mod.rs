@@ -79,7 +79,7 @@ impl Harness {
     }
 
     pub fn group(&self) -> String {
-        self.config(1).group_id()
+        self.config(1).group_id("rollups")
     }
 
     /// Stored next offsets of this test's consumer.

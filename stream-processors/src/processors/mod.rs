@@ -3,16 +3,18 @@
 
 pub mod priority;
 pub mod rollups;
+pub mod sleep;
 
 use crate::engine::{DynProcessor, register};
 
 pub use self::priority::SourcePriority;
 pub use self::rollups::Rollups;
+pub use self::sleep::SleepNights;
 
 /// Settings shared by the processors (parsed from the binary's flags and environment).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessorsConfig {
-    /// Source priority for overlapping sources (cumulative rollups; sleep later).
+    /// Source priority for overlapping sources (cumulative rollups, sleep stages).
     pub source_priority: SourcePriority,
 }
 
@@ -20,7 +22,7 @@ pub struct ProcessorsConfig {
 pub fn registry(config: &ProcessorsConfig) -> Vec<Box<dyn DynProcessor>> {
     vec![
         register(Rollups::new(config.source_priority.clone())),
-        // register(SleepNights::new(config.source_priority.clone())),
+        register(SleepNights::new(config.source_priority.clone())),
     ]
 }
 

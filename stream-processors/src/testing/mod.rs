@@ -6,6 +6,8 @@
 
 pub mod changes;
 pub mod golden;
+pub mod sleep_changes;
+pub mod sleep_oracle;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -19,6 +21,8 @@ use crate::harness::Harness;
 use crate::processor::{ChangeId, Input, Processor};
 
 pub use changes::Gen;
+pub use sleep_changes::SleepGen;
+pub use sleep_oracle::SleepOracle;
 
 /// A brute-force model of one read model, sharing no code with its processor.
 pub trait Oracle<M: ReadModel> {
