@@ -36,6 +36,14 @@ pub struct RuntimeConfig {
     pub instance_id: String,
     /// Consumer group; default `<prefix>pulseline-processors`.
     pub group_id: Option<String>,
+    /// Static membership (`group.instance.id`, KIP-345): an instance restarted with the same
+    /// id takes its partitions back at once instead of waiting for the broker to evict its
+    /// dead predecessor after the session timeout (a broker that never evicts, like noida-db,
+    /// would otherwise stall the group), and a successor with the same id fences a paused
+    /// predecessor's group membership. A static member does not leave the group when it
+    /// stops: its partitions wait for it (or for the session timeout), so give each
+    /// instance a stable id (e.g. the pod ordinal). `None`: dynamic membership.
+    pub group_instance_id: Option<String>,
     /// Exactly-once (Kafka transactions). `false`: at-least-once, offsets committed after
     /// the outputs are acknowledged; read models are the same thanks to change ids.
     pub transactions: bool,
@@ -68,6 +76,7 @@ impl Default for RuntimeConfig {
             topic_prefix: String::new(),
             instance_id: "0".into(),
             group_id: None,
+            group_instance_id: None,
             transactions: true,
             max_batch_records: 5_000,
             batch_linger_ms: 20,
