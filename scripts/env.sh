@@ -8,10 +8,11 @@ export PULSELINE_PG_USER=${PULSELINE_PG_USER:-postgres}
 export PULSELINE_PG_DATABASE=${PULSELINE_PG_DATABASE:-pulseline}
 export PULSELINE_DATABASE_URL=${PULSELINE_DATABASE_URL:-postgres://$PULSELINE_PG_USER@$PULSELINE_PG_HOST:$PULSELINE_PG_PORT/$PULSELINE_PG_DATABASE}
 export PULSELINE_BROKER_PORT=${PULSELINE_BROKER_PORT:-19092}
-# The broker the stack's services use: tansu (memory storage) or noida (noida-db's Kafka).
+# The broker the stack's services use: noida (noida-db's Kafka, the default: README "The
+# local stack" says why) or tansu (memory storage).
 # Each has its own port, so both can run side by side (scripts/test runs the broker-facing
 # tests on both); PULSELINE_KAFKA_BOOTSTRAP follows PULSELINE_BROKER unless set.
-export PULSELINE_BROKER=${PULSELINE_BROKER:-tansu}
+export PULSELINE_BROKER=${PULSELINE_BROKER:-noida}
 export PULSELINE_TANSU_PORT=${PULSELINE_TANSU_PORT:-$PULSELINE_BROKER_PORT}
 export PULSELINE_NOIDA_PORT=${PULSELINE_NOIDA_PORT:-29092}
 export PULSELINE_TANSU_BOOTSTRAP=${PULSELINE_TANSU_BOOTSTRAP:-127.0.0.1:$PULSELINE_TANSU_PORT}

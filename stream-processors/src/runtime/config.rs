@@ -71,7 +71,7 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            kafka_bootstrap: "127.0.0.1:19092".into(),
+            kafka_bootstrap: "127.0.0.1:29092".into(),
             schema_registry_url: "http://127.0.0.1:18081".into(),
             topic_prefix: String::new(),
             instance_id: "0".into(),
