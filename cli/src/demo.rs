@@ -18,7 +18,7 @@ pub struct DemoArgs {
     #[arg(
         long,
         env = "PULSELINE_KAFKA_BOOTSTRAP",
-        default_value = "127.0.0.1:19092"
+        default_value = "127.0.0.1:29092"
     )]
     kafka_bootstrap: String,
     #[arg(

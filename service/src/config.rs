@@ -31,7 +31,7 @@ pub mod env {
 /// The local stack's Postgres (`scripts/stack up`).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/pulseline";
 /// The local stack's broker.
-pub const DEFAULT_KAFKA_BOOTSTRAP: &str = "127.0.0.1:19092";
+pub const DEFAULT_KAFKA_BOOTSTRAP: &str = "127.0.0.1:29092";
 /// The local stack's schema registry.
 pub const DEFAULT_SCHEMA_REGISTRY_URL: &str = "http://127.0.0.1:18081";
 /// Creating missing topics is idempotent, and a service that starts before whoever else

@@ -46,6 +46,7 @@ impl SinkApplication {
             settings: RunnerSettings {
                 kafka_bootstrap: config.kafka_bootstrap.clone(),
                 group_id: config.group_base(),
+                group_instance_id: config.group_instance_id.clone(),
                 topic: String::new(),
                 dead_letter_topic: topics::prefixed(&config.topic_prefix, topics::DEAD_LETTER),
                 batch_max_records: config.batch_max_records,

@@ -50,6 +50,13 @@ pub struct SinkConfig {
     #[arg(long, env = "PULSELINE_SINK_GROUP_ID")]
     pub group_id: Option<String>,
 
+    /// Static group membership (`group.instance.id`; each read model's consumer appends its
+    /// topic): stable per sink instance. A restarted sink with the same id gets its
+    /// partitions back at once instead of after the broker evicts the dead member (noida-db
+    /// never does). A static member does not leave the group on stop.
+    #[arg(long, env = "PULSELINE_SINK_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
+
     /// Most records per transaction.
     #[arg(long, env = "PULSELINE_SINK_BATCH_MAX_RECORDS", default_value_t = DEFAULT_BATCH_MAX_RECORDS)]
     pub batch_max_records: usize,
@@ -80,6 +87,7 @@ impl Default for SinkConfig {
             schema_registry_url: DEFAULT_SCHEMA_REGISTRY_URL.to_owned(),
             topic_prefix: String::new(),
             group_id: None,
+            group_instance_id: None,
             batch_max_records: DEFAULT_BATCH_MAX_RECORDS,
             batch_linger_ms: DEFAULT_BATCH_LINGER_MS,
             db_pool_size: DEFAULT_DB_POOL_SIZE,
@@ -101,6 +109,9 @@ impl SinkConfig {
         }
         if self.group_id.as_deref().is_some_and(str::is_empty) {
             return bad("group_id must not be empty");
+        }
+        if self.group_instance_id.as_deref().is_some_and(str::is_empty) {
+            return bad("group_instance_id must not be empty");
         }
         Ok(())
     }
@@ -133,6 +144,7 @@ impl fmt::Debug for SinkConfig {
             .field("schema_registry_url", &self.schema_registry_url)
             .field("topic_prefix", &self.topic_prefix)
             .field("group_base", &self.group_base())
+            .field("group_instance_id", &self.group_instance_id)
             .field("batch_max_records", &self.batch_max_records)
             .field("batch_linger_ms", &self.batch_linger_ms)
             .field("db_pool_size", &self.db_pool_size)

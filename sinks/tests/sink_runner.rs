@@ -279,6 +279,10 @@ fn start_sink_process(h: &Harness, log: &std::path::Path) -> Child {
         .env("PULSELINE_SINK_BATCH_MAX_RECORDS", "20")
         .env("PULSELINE_SINK_BATCH_LINGER_MS", "5")
         .env("PULSELINE_SINK_METRICS_ADDR", "127.0.0.1:0")
+        // Static membership: the restarted sink takes its partitions back at once. Without
+        // it the new member waits for the broker to evict the killed one after the session
+        // timeout; noida-db never evicts it, so the test failed there with "no progress".
+        .env("PULSELINE_SINK_GROUP_INSTANCE_ID", "sink-0")
         .env("RUST_LOG", "info")
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))

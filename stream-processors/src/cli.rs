@@ -31,6 +31,10 @@ pub struct Cli {
     pub transactions: bool,
     #[arg(long, env = "PULSELINE_PROCESSOR_GROUP_ID")]
     pub group_id: Option<String>,
+    /// Static group membership (`group.instance.id`): stable per instance; a restart with
+    /// the same id gets its partitions back without waiting for the session timeout.
+    #[arg(long, env = "PULSELINE_PROCESSOR_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
     #[arg(long, env = "PULSELINE_PROCESSOR_MAX_BATCH", default_value_t = 5000)]
     pub max_batch_records: usize,
     /// Backfill rate limit, records per second (unlimited if absent).
@@ -71,6 +75,7 @@ impl Cli {
             topic_prefix: self.topic_prefix.clone(),
             instance_id: self.instance_id.clone(),
             group_id: self.group_id.clone(),
+            group_instance_id: self.group_instance_id.clone().filter(|id| !id.is_empty()),
             transactions: self.transactions,
             max_batch_records: self.max_batch_records.max(1),
             max_records_per_second: self.max_records_per_second,

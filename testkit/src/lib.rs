@@ -30,7 +30,7 @@ impl Stack {
         let port = var("PULSELINE_PG_PORT", "5432");
         let user = var("PULSELINE_PG_USER", "postgres");
         Self {
-            kafka_bootstrap: var("PULSELINE_KAFKA_BOOTSTRAP", "127.0.0.1:19092"),
+            kafka_bootstrap: var("PULSELINE_KAFKA_BOOTSTRAP", "127.0.0.1:29092"),
             schema_registry_url: var("PULSELINE_SCHEMA_REGISTRY_URL", "http://127.0.0.1:18081"),
             postgres_server_url: format!("postgres://{user}@{host}:{port}"),
         }

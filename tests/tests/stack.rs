@@ -63,3 +63,24 @@ fn stack_status_names_the_part_that_is_down() {
     assert!(text.contains("registry: DOWN"), "{text}");
     assert!(text.contains("broker: up"), "{text}");
 }
+
+#[test]
+fn the_broker_is_a_setting_and_status_reports_both() {
+    // scripts/test brings both brokers up; each setting names its own broker and reports
+    // the other one.
+    for (broker, own, other) in [
+        ("noida", "broker: up 127.0.0.1:29092 (noida-db", "tansu: up"),
+        ("tansu", "broker: up 127.0.0.1:19092 (tansu", "noida: up"),
+    ] {
+        let (ok, text, _) = stack(&["status"], &[("PULSELINE_BROKER", broker)]);
+        assert!(ok, "status with PULSELINE_BROKER={broker} failed:\n{text}");
+        assert!(text.contains(own), "`{own}` missing from:\n{text}");
+        assert!(text.contains(other), "`{other}` missing from:\n{text}");
+    }
+    let (ok, text, _) = stack(&["status"], &[("PULSELINE_BROKER", "kafka")]);
+    assert!(!ok, "an unknown broker must be refused:\n{text}");
+    assert!(
+        text.contains("PULSELINE_BROKER must be tansu or noida"),
+        "{text}"
+    );
+}

@@ -111,6 +111,9 @@ impl<M: StoredReadModel> ReadModelRunner for SinkRunner<M> {
 pub struct RunnerSettings {
     pub kafka_bootstrap: String,
     pub group_id: String,
+    /// Static membership: `group.instance.id` is this, a dot and the topic (one consumer
+    /// per read model shares the group). `None`: dynamic membership.
+    pub group_instance_id: Option<String>,
     /// The deployed (prefixed) read-model topic.
     pub topic: String,
     /// The deployed (prefixed) dead-letter topic.
@@ -217,7 +220,11 @@ impl<M: StoredReadModel> SinkRunner<M> {
             runtime: Handle::current(),
             state: Mutex::new(AssignmentState::default()),
         };
-        let consumer: StreamConsumer<AssignmentContext> = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        if let Some(id) = &self.settings.group_instance_id {
+            config.set("group.instance.id", format!("{id}.{}", self.settings.topic));
+        }
+        let consumer: StreamConsumer<AssignmentContext> = config
             .set("bootstrap.servers", &self.settings.kafka_bootstrap)
             .set("group.id", &self.settings.group_id)
             .set("client.id", "pulseline-sink")

@@ -66,6 +66,7 @@ impl Harness {
             schema_registry_url: self.stack.schema_registry_url.clone(),
             topic_prefix: self.prefix.clone(),
             group_id: None,
+            group_instance_id: None,
             batch_max_records,
             batch_linger_ms: 5,
             db_pool_size: 2,

@@ -36,6 +36,14 @@ pub struct RuntimeConfig {
     pub instance_id: String,
     /// Consumer group; default `<prefix>pulseline-processors`.
     pub group_id: Option<String>,
+    /// Static membership (`group.instance.id`, KIP-345): an instance restarted with the same
+    /// id takes its partitions back at once instead of waiting for the broker to evict its
+    /// dead predecessor after the session timeout (a broker that never evicts, like noida-db,
+    /// would otherwise stall the group), and a successor with the same id fences a paused
+    /// predecessor's group membership. A static member does not leave the group when it
+    /// stops: its partitions wait for it (or for the session timeout), so give each
+    /// instance a stable id (e.g. the pod ordinal). `None`: dynamic membership.
+    pub group_instance_id: Option<String>,
     /// Exactly-once (Kafka transactions). `false`: at-least-once, offsets committed after
     /// the outputs are acknowledged; read models are the same thanks to change ids.
     pub transactions: bool,
@@ -63,11 +71,12 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
-            kafka_bootstrap: "127.0.0.1:19092".into(),
+            kafka_bootstrap: "127.0.0.1:29092".into(),
             schema_registry_url: "http://127.0.0.1:18081".into(),
             topic_prefix: String::new(),
             instance_id: "0".into(),
             group_id: None,
+            group_instance_id: None,
             transactions: true,
             max_batch_records: 5_000,
             batch_linger_ms: 20,

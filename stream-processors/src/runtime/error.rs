@@ -18,6 +18,10 @@ pub enum RuntimeError {
     },
     #[error("configuration: {0}")]
     Config(String),
+    /// The consumer hit a fatal error: with static membership, another consumer with the
+    /// same `group.instance.id` took this one's place (a successor fenced this zombie).
+    #[error("consumer fenced or failed fatally: {0}")]
+    ConsumerFatal(String),
     #[error("restoring {topic} did not reach the end within the restore timeout")]
     RestoreTimeout { topic: String },
     #[error("{failed} records were not acknowledged: {first}")]
@@ -43,7 +47,9 @@ impl RuntimeError {
     pub fn is_fatal(&self) -> bool {
         match self {
             RuntimeError::Kafka(KafkaError::Transaction(e)) => e.is_fatal(),
-            RuntimeError::Config(_) | RuntimeError::State { .. } => true,
+            RuntimeError::Config(_)
+            | RuntimeError::State { .. }
+            | RuntimeError::ConsumerFatal(_) => true,
             _ => false,
         }
     }
@@ -55,6 +61,7 @@ impl RuntimeError {
             RuntimeError::Schema(_) => "schema",
             RuntimeError::State { .. } => "state",
             RuntimeError::Config(_) => "config",
+            RuntimeError::ConsumerFatal(_) => "consumer_fatal",
             RuntimeError::RestoreTimeout { .. } => "restore_timeout",
             RuntimeError::Delivery { .. } => "delivery",
             RuntimeError::Panic { .. } => "panic",

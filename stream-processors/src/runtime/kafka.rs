@@ -163,6 +163,9 @@ pub(crate) fn consumer_config(cfg: &RuntimeConfig) -> ClientConfig {
         // Eager range assignment: equal partition numbers of co-partitioned input topics
         // (samples, events) go to the same instance, which the per-user join needs.
         .set("partition.assignment.strategy", "range");
+    if let Some(id) = &cfg.group_instance_id {
+        c.set("group.instance.id", id);
+    }
     c
 }
 

@@ -31,11 +31,15 @@ pub struct Env {
 
 impl Env {
     pub async fn new(test: &str) -> Self {
+        Self::on(test, Stack::from_env()).await
+    }
+
+    /// The same on a given stack (e.g. one whose broker is noida-db).
+    pub async fn on(test: &str, stack: Stack) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let stack = Stack::from_env();
         let prefix = stack.unique_prefix(test);
         stack.create_topics(&prefix).await;
         let codec = AvroCodec::new(&stack.schema_registry_url, &prefix).unwrap();

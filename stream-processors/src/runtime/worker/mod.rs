@@ -227,7 +227,13 @@ impl Worker {
         );
         self.status.running.store(true, Ordering::SeqCst);
         while !self.stop.load(Ordering::SeqCst) {
-            let batch = self.collect();
+            let batch = match self.collect() {
+                Ok(batch) => batch,
+                Err(e) => {
+                    self.status.running.store(false, Ordering::SeqCst);
+                    return Err(e);
+                }
+            };
             let events = self.consumer.context().take_events();
             if !events.is_empty() {
                 // Records polled around a rebalance are dropped: with eager assignment every
@@ -265,8 +271,9 @@ impl Worker {
     }
 
     /// Polls up to `max_batch_records`, waiting at most the linger once a record arrived;
-    /// stops early when a rebalance happened.
-    fn collect(&mut self) -> Vec<OwnedMessage> {
+    /// stops early when a rebalance happened. A fatal consumer error (e.g. fenced by a
+    /// static member with the same `group.instance.id`) ends the runtime.
+    fn collect(&mut self) -> Result<Vec<OwnedMessage>, RuntimeError> {
         let max = match self.cfg.max_records_per_second {
             Some(rate) => self.cfg.max_batch_records.min(rate.max(1) as usize),
             None => self.cfg.max_batch_records,
@@ -283,10 +290,15 @@ impl Worker {
                     batch.push(m.detach());
                     deadline.get_or_insert_with(|| Instant::now() + self.cfg.linger());
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                Some(Err(e)) => {
+                    if let Some((_, reason)) = self.consumer.client().fatal_error() {
+                        return Err(RuntimeError::ConsumerFatal(reason));
+                    }
+                    tracing::warn!(error = %e, "consumer error")
+                }
                 None => {
                     if deadline.is_none() {
-                        return batch;
+                        return Ok(batch);
                     }
                 }
             }
@@ -294,7 +306,7 @@ impl Worker {
                 || batch.len() >= max
                 || deadline.is_some_and(|d| Instant::now() >= d)
             {
-                return batch;
+                return Ok(batch);
             }
         }
     }
