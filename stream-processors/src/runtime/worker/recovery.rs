@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// Calls to `abort_transaction` before the producer is replaced.
+const ABORT_ATTEMPTS: u32 = 2;
+/// How long one `abort_transaction` call may take.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Worker {
     pub(super) fn recover_loop(&mut self, error: RuntimeError) -> Result<(), RuntimeError> {
         let mut error = error;
@@ -32,15 +37,8 @@ impl Worker {
     /// Abort, reload every assigned partition from its changelog, rewind the consumer to
     /// the committed offsets.
     pub(super) fn recover(&mut self) -> Result<(), RuntimeError> {
-        if self.cfg.transactions
-            && let Err(e) = self.producer.abort_transaction(CALL_TIMEOUT)
-        {
-            let e = RuntimeError::from(e);
-            if e.is_fatal() {
-                return Err(e);
-            }
-            // No transaction in progress (begin failed): nothing to abort.
-            tracing::debug!(error = %e, "abort_transaction");
+        if self.cfg.transactions {
+            self.abort_or_replace_producer()?;
         }
         let _ = self.producer.context().take_failures();
         std::thread::sleep(self.backoff.current());
@@ -50,6 +48,44 @@ impl Worker {
         let numbers: Vec<i32> = self.assigned_numbers().into_iter().collect();
         self.restore(&numbers)?;
         self.rewind()
+    }
+
+    /// Aborts the open transaction. An abort that times out is resumed by calling it again
+    /// (librdkafka's contract); one that still cannot finish (seen on tansu after an error
+    /// that needs an epoch bump: every later call then fails with "conflicting
+    /// abort_transaction") is given up, and the producer is replaced by a new one with the
+    /// same transactional id, whose `init_transactions` fences the old one and aborts its
+    /// transaction on the broker.
+    fn abort_or_replace_producer(&mut self) -> Result<(), RuntimeError> {
+        for _ in 0..ABORT_ATTEMPTS {
+            let e = match self.producer.abort_transaction(ABORT_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let state_error = matches!(
+                &e,
+                KafkaError::Transaction(t) if t.code() == RDKafkaErrorCode::State
+            );
+            let e = RuntimeError::from(e);
+            if e.is_fatal() {
+                return Err(e);
+            }
+            if state_error {
+                // No transaction in progress (begin failed): nothing to abort.
+                tracing::debug!(error = %e, "abort_transaction");
+                return Ok(());
+            }
+            tracing::warn!(error = %e, "abort_transaction did not complete; retrying");
+        }
+        tracing::warn!("abort_transaction cannot complete; replacing the producer");
+        let producer: ThreadedProducer<DeliveryContext> =
+            producer_config(&self.cfg).create_with_context(DeliveryContext::default())?;
+        producer.init_transactions(CALL_TIMEOUT)?;
+        let stuck = std::mem::replace(&mut self.producer, producer);
+        // Destroying a producer with a transaction in flight can wait on the broker: not on
+        // the processing thread.
+        std::thread::spawn(move || drop(stuck));
+        Ok(())
     }
 
     pub(super) fn rewind(&mut self) -> Result<(), RuntimeError> {
