@@ -3,8 +3,11 @@
 //! Each [`SimulatedUser`] owns a watch and a phone (overlapping step counts, as in real
 //! life), produces heart rate with a daily rhythm, steps in the daytime and sleep at night
 //! (the watch records stages every 10 minutes and sometimes an afternoon nap; the phone
-//! records `in_bed` and `asleep_unspecified` over the same night, uploaded on waking), walking forward through time from a start in the past (so a batch can be days
-//! of offline backlog), and mixes in the awkward traffic the gateway must absorb: retries
+//! records `in_bed` and `asleep_unspecified` over the same night, uploaded on waking),
+//! walking forward through time from a start in the past (so a batch can be days of
+//! offline backlog). Half the users travel for three days to a place 6 to 9 hours away:
+//! every sample carries the offset of where it was recorded, so days and nights around the
+//! trip cross time zones. It mixes in the awkward traffic the gateway must absorb: retries
 //! of the same request, unchanged re-uploads, corrections and deletions.
 //!
 //! It also keeps the client's view of what should be stored ([`SimulatedUser::expected`]):
@@ -93,7 +96,11 @@ struct Device {
 #[derive(Debug)]
 pub struct SimulatedUser {
     pub user_id: Uuid,
+    /// The offset at home.
     tz_offset_minutes: i32,
+    /// A trip: from, until (UTC) and the offset there. Samples carry the offset of where
+    /// they were recorded, so nights and days around the trip cross time zones.
+    trip: Option<(DateTime<Utc>, DateTime<Utc>, i32)>,
     devices: Vec<Device>,
     mix: TrafficMix,
     rng: StdRng,
@@ -108,6 +115,13 @@ impl SimulatedUser {
         let mut rng = StdRng::seed_from_u64(seed);
         let user_id = Uuid::from_u128(rng.random());
         let tz_offset_minutes = [-300, -240, 0, 60, 120, 330, 540][rng.random_range(0..7)];
+        // Half the users travel for three days, two days after their backlog begins, to a
+        // place 6 to 9 hours away (east or west).
+        let trip = rng.random_bool(0.5).then(|| {
+            let from = start + TimeDelta::days(2) + TimeDelta::hours(rng.random_range(0..24));
+            let shift = [-540, -360, 360, 540][rng.random_range(0..4)];
+            (from, from + TimeDelta::days(3), tz_offset_minutes + shift)
+        });
         let device = |kind: &'static str, n: u64| Device {
             source_id: format!(
                 "{kind}-{:08x}",
@@ -120,6 +134,7 @@ impl SimulatedUser {
         Self {
             user_id,
             tz_offset_minutes,
+            trip,
             devices: vec![device("apple_watch", 1), device("iphone", 2)],
             mix,
             rng,
@@ -177,6 +192,14 @@ impl SimulatedUser {
         &self.expected
     }
 
+    /// The offset where the user is at `t`.
+    fn offset_at(&self, t: DateTime<Utc>) -> i32 {
+        match self.trip {
+            Some((from, until, there)) if from <= t && t < until => there,
+            _ => self.tz_offset_minutes,
+        }
+    }
+
     fn new_data(&mut self, batch: usize, now: DateTime<Utc>) -> Upload {
         let d = self.rng.random_range(0..self.devices.len());
         let mut samples = Vec::with_capacity(batch);
@@ -187,7 +210,8 @@ impl SimulatedUser {
             if start + TimeDelta::minutes(1) > now {
                 break; // caught up with the present: upload what there is
             }
-            let local_hour = (start + TimeDelta::minutes(i64::from(self.tz_offset_minutes))).hour();
+            let offset = self.offset_at(start);
+            let local_hour = (start + TimeDelta::minutes(i64::from(offset))).hour();
             let asleep = !(7..23).contains(&local_hour);
             let mut minute = Vec::new();
             let hour_phase = f64::from(local_hour) + f64::from(start.minute()) / 60.0;
@@ -244,7 +268,7 @@ impl SimulatedUser {
                     category,
                     start_at: begin.timestamp_micros(),
                     end_at: end.timestamp_micros(),
-                    tz_offset_minutes: self.tz_offset_minutes,
+                    tz_offset_minutes: offset,
                 };
                 samples.push(sample_json(&key, &content));
                 effects.push((key, Some(content)));
