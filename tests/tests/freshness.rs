@@ -199,14 +199,15 @@ async fn changes_that_touch_no_rollup_row_still_end_fresh() {
     );
     // Every registered processor reads samples and refuses it, each with its own dead
     // letter (naming the processor), so a replay can put it back to each.
-    let processors = pulseline_stream_processors::processors::registered_names().len();
     let metrics = p.p.processors.metrics().render();
-    assert!(
-        metrics.contains(&format!(
-            r#"pulseline_processor_dead_letters_total{{reason="TOO_LATE"}} {processors}"#
-        )),
-        "{metrics}"
-    );
+    for processor in pulseline_stream_processors::processors::registered_names() {
+        assert!(
+            metrics.contains(&format!(
+                r#"pulseline_processor_dead_letters_total{{processor="{processor}",reason="TOO_LATE"}} 1"#
+            )),
+            "{metrics}"
+        );
+    }
 
     p.p.processors.shutdown().await.expect("processors stop");
 }

@@ -54,8 +54,8 @@ impl RuntimeMetrics {
         )?;
         let dead_letters = counter(
             "pulseline_processor_dead_letters_total",
-            "Records sent to the dead-letter topic, by reason",
-            &["reason"],
+            "Records sent to the dead-letter topic, by reason and by the processor that refused them (`runtime` when none had them yet: undecodable, empty)",
+            &["reason", "processor"],
         )?;
         let flush_violations = counter(
             "pulseline_processor_flush_violations_total",
@@ -125,14 +125,13 @@ impl RuntimeMetrics {
         pulseline_service::ops::render(&self.registry)
     }
 
-    /// Current value of a counter, for tests and the final report.
+    /// Current value of a counter with one label, for tests and the final report.
     pub fn count(&self, name: &str, label: &str) -> u64 {
         let vec = match name {
             "in" => &self.records_in,
             "applied" => &self.records_applied,
             "skipped" => &self.records_skipped,
             "out" => &self.records_out,
-            "dead_letters" => &self.dead_letters,
             "transactions" => &self.transactions,
             "restored" => &self.restored_entries,
             _ => return 0,
@@ -191,6 +190,8 @@ impl BatchAborted<'_> {
 /// A record went to the dead-letter topic.
 pub(crate) struct DeadLettered<'a> {
     pub reason: &'a str,
+    /// The refusing processor; empty when the runtime refused the record itself.
+    pub processor: &'a str,
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
@@ -198,9 +199,17 @@ pub(crate) struct DeadLettered<'a> {
 
 impl DeadLettered<'_> {
     pub fn emit(&self, m: &RuntimeMetrics) {
-        m.dead_letters.with_label_values(&[self.reason]).inc();
+        let processor = if self.processor.is_empty() {
+            "runtime"
+        } else {
+            self.processor
+        };
+        m.dead_letters
+            .with_label_values(&[self.reason, processor])
+            .inc();
         tracing::warn!(
             reason = self.reason,
+            processor,
             topic = self.topic,
             partition = self.partition,
             offset = self.offset,

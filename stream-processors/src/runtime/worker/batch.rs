@@ -323,6 +323,7 @@ impl Worker {
             self.send(record)?;
             DeadLettered {
                 reason: &d.reason,
+                processor: d.processor,
                 topic: &d.topic,
                 partition: d.partition,
                 offset: d.offset,
