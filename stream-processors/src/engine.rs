@@ -422,7 +422,7 @@ pub trait DynProcessor: Send + Sync + Debug {
 }
 
 /// A `PartitionTask` as the runtime holds it. `finish_batch` puts the rows first, then the
-/// progress records, in `outputs`.
+/// progress records, in `outputs` (its `progress` is left empty).
 pub trait DynTask: Send + Debug {
     fn apply(&mut self, input: &Input) -> Outcome;
     fn finish_batch(&mut self) -> Result<BatchOutput<Box<dyn EncodeOutput>>, StateError>;
@@ -466,15 +466,12 @@ impl<P: Processor> DynTask for ErasedTask<P> {
             .outputs
             .into_iter()
             .map(|o| Box::new(RowOut(o)) as Box<dyn EncodeOutput>);
-        let progress = out.progress.iter().map(|p| {
-            Box::new(ProgressOut::<P::Output>(
-                p.clone(),
-                std::marker::PhantomData,
-            )) as Box<dyn EncodeOutput>
+        let progress = out.progress.into_iter().map(|p| {
+            Box::new(ProgressOut::<P::Output>(p, std::marker::PhantomData)) as Box<dyn EncodeOutput>
         });
         Ok(BatchOutput {
             outputs: rows.chain(progress).collect(),
-            progress: out.progress,
+            progress: Vec::new(),
             state: out.state,
             meta: out.meta,
             violations: out.violations,

@@ -126,9 +126,7 @@ impl<P: Processor> Harness<P> {
     pub fn task(&self) -> &PartitionTask<P> {
         &self.task
     }
-}
 
-impl<P: Processor> Harness<P> {
     /// The read model a version-guarded sink holds after every output so far.
     pub fn read_model(&self) -> BTreeMap<String, P::Output> {
         fold_read_model(&self.outputs)
