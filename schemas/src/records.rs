@@ -64,6 +64,32 @@ macro_rules! avro_record {
     };
 }
 
+/// The `ReadModel` methods of a row that reads the samples stream only and carries
+/// `version`, `deleted` and `appliedSeq` fields.
+macro_rules! samples_row_versioning {
+    () => {
+        fn version(&self) -> i64 {
+            self.version
+        }
+
+        fn is_deleted(&self) -> bool {
+            self.deleted
+        }
+
+        fn applied(&self) -> AppliedSeqs {
+            AppliedSeqs {
+                samples: self.applied_seq,
+                events: 0,
+            }
+        }
+
+        fn stamp(&mut self, version: i64, applied: AppliedSeqs) {
+            self.version = version;
+            self.applied_seq = applied.samples;
+        }
+    };
+}
+
 /// Whether a change adds/replaces an item or removes it. Deletions are records carrying the
 /// natural key, never null tombstones, because input topics are append-only.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -210,25 +236,7 @@ impl ReadModel for RollupUpsert {
         }
     }
 
-    fn version(&self) -> i64 {
-        self.version
-    }
-
-    fn is_deleted(&self) -> bool {
-        self.deleted
-    }
-
-    fn applied(&self) -> AppliedSeqs {
-        AppliedSeqs {
-            samples: self.applied_seq,
-            events: 0,
-        }
-    }
-
-    fn stamp(&mut self, version: i64, applied: AppliedSeqs) {
-        self.version = version;
-        self.applied_seq = applied.samples;
-    }
+    samples_row_versioning!();
 }
 
 /// A versioned upsert of one sleep night (written by the sleep processor).
@@ -302,25 +310,7 @@ impl ReadModel for SleepNightUpsert {
         }
     }
 
-    fn version(&self) -> i64 {
-        self.version
-    }
-
-    fn is_deleted(&self) -> bool {
-        self.deleted
-    }
-
-    fn applied(&self) -> AppliedSeqs {
-        AppliedSeqs {
-            samples: self.applied_seq,
-            events: 0,
-        }
-    }
-
-    fn stamp(&mut self, version: i64, applied: AppliedSeqs) {
-        self.version = version;
-        self.applied_seq = applied.samples;
-    }
+    samples_row_versioning!();
 }
 
 /// A versioned upsert of one metric's impact around one user event (impact processor).

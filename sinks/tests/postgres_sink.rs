@@ -8,30 +8,15 @@ use pulseline_schemas::records::{Period, RollupUpsert};
 use pulseline_schemas::{AppliedSeqs, ReadModelProgress};
 use pulseline_sinks::{
     Applied, Batch, Item, OffsetScope, PartitionSpan, PostgresSink, Sink, SinkError, SinkFor,
-    StoredRow, UserProgress,
+    UserProgress,
 };
-use support::{Harness, Observed, upsert};
+use support::{Harness, Observed, batch, upsert};
 use uuid::Uuid;
 
 fn scope() -> OffsetScope {
     OffsetScope {
         consumer: "test-consumer".into(),
         topic: "readmodel.rollups.v1".into(),
-    }
-}
-
-fn batch(records: &[RollupUpsert], expected: Option<i64>, next_offset: i64) -> Batch<RollupUpsert> {
-    Batch {
-        items: records
-            .iter()
-            .cloned()
-            .map(|r| Item::Row(StoredRow::parse(r).expect("valid record")))
-            .collect(),
-        spans: vec![PartitionSpan {
-            partition: 0,
-            expected,
-            next_offset,
-        }],
     }
 }
 

@@ -7,35 +7,14 @@ mod support;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use pulseline_schemas::records::SleepNightUpsert;
-use pulseline_sinks::{
-    Applied, Batch, Item, OffsetScope, PartitionSpan, PostgresSink, SinkFor, StoredRow,
-};
-use support::Harness;
+use pulseline_sinks::{Applied, OffsetScope, PostgresSink, SinkFor, StoredRow};
+use support::{Harness, batch};
 use uuid::Uuid;
 
 fn scope() -> OffsetScope {
     OffsetScope {
         consumer: "test-consumer".into(),
         topic: "readmodel.sleep_nights.v1".into(),
-    }
-}
-
-fn batch(
-    records: &[SleepNightUpsert],
-    expected: Option<i64>,
-    next: i64,
-) -> Batch<SleepNightUpsert> {
-    Batch {
-        items: records
-            .iter()
-            .cloned()
-            .map(|r| Item::Row(StoredRow::parse(r).expect("valid record")))
-            .collect(),
-        spans: vec![PartitionSpan {
-            partition: 0,
-            expected,
-            next_offset: next,
-        }],
     }
 }
 

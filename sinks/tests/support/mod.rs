@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pulseline_schemas::AvroCodec;
 use pulseline_schemas::records::{Period, RollupUpsert};
-use pulseline_sinks::SinkConfig;
+use pulseline_sinks::{Batch, Item, PartitionSpan, SinkConfig, StoredReadModel};
 use pulseline_testkit::{Stack, TestDatabase};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -365,4 +365,25 @@ impl RollupProducer {
 fn key_string(r: &RollupUpsert) -> String {
     let (u, m, p, b) = key_of(r);
     format!("{u}|{m}|{p}|{b}")
+}
+
+/// One batch of `records` (all valid) read from partition 0, from the stored offset
+/// `expected` up to `next_offset`.
+pub fn batch<M: StoredReadModel>(
+    records: &[M],
+    expected: Option<i64>,
+    next_offset: i64,
+) -> Batch<M> {
+    Batch {
+        items: records
+            .iter()
+            .cloned()
+            .map(|r| Item::Row(pulseline_sinks::StoredRow::parse(r).expect("valid record")))
+            .collect(),
+        spans: vec![PartitionSpan {
+            partition: 0,
+            expected,
+            next_offset,
+        }],
+    }
 }
