@@ -84,6 +84,8 @@ struct Tally {
     /// Retries of an answered request: the gateway replays the stored answer.
     replayed: AtomicU64,
     failed: AtomicU64,
+    /// Event items (logged events, edits and deletions) acknowledged.
+    events: AtomicU64,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -158,6 +160,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tokens[index].clone(),
             pending.clone(),
         );
+        let events_url = format!("{gateway_url}/v1/events:batch");
         let batch = args.batch;
         clients.push(tokio::spawn(async move {
             let mut u = user.lock().await;
@@ -196,6 +199,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         u.acknowledged(&upload);
                     }
                     None => {
+                        tally.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if let Some(events) = u.next_events(Utc::now()) {
+                    tally.requests.fetch_add(1, Ordering::Relaxed);
+                    if post(&http, &events_url, &token, &events.body)
+                        .await
+                        .is_some()
+                    {
+                        tally
+                            .events
+                            .fetch_add(events.items as u64, Ordering::Relaxed);
+                        u.events_acknowledged(&events);
+                    } else {
                         tally.failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -266,11 +283,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     watcher.abort();
+    // And until the impact read models have applied every event too (the watcher above
+    // follows the samples stream only).
+    for (user, token) in tokens.iter().enumerate() {
+        loop {
+            let answer = http
+                .get(format!("{query_url}/v1/me/impacts/products?periodDays=90"))
+                .bearer_auth(token)
+                .send()
+                .await?
+                .json::<serde_json::Value>()
+                .await?;
+            if answer["freshness"]["status"] == "fresh" {
+                break;
+            }
+            ensure!(
+                fresh_began.elapsed() < Duration::from_secs(180),
+                "impacts of user {user} not fresh 180 s after the load: {}",
+                answer["freshness"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let fresh_after = fresh_began.elapsed().as_secs_f64();
 
     let mismatches = check_stored_samples(&pool, &users).await?;
     let oracle = check_rollups(&pool, &users).await?;
     let sleep_check = check_sleep(&pool, &users).await?;
+    let impact_check = check_impacts(&pool, &users).await?;
     let mut lat = latencies.lock().await.clone();
     lat.sort();
     let pct = |p: f64| {
@@ -291,6 +331,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         t(&tally.deleted),
         t(&tally.rejected)
     );
+    println!("  events logged, edited or deleted: {}", t(&tally.events));
     println!(
         "  ingest {:.0} items/s; upload latency p50 {:.1} ms, p99 {:.1} ms; outbox drained {:.1} s after the load; {} records published",
         t(&tally.items) as f64 / load_secs,
@@ -325,6 +366,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "  check: {} sleep nights compared with the brute-force sleep oracle: {} differ",
         sleep_check.compared, sleep_check.differing
     );
+    println!(
+        "  check: {} session and product impacts compared with the brute-force impact oracle: {} differ",
+        impact_check.compared, impact_check.differing
+    );
     if mismatches == 0 {
         println!(
             "  check: Postgres holds exactly what every simulated client believes it stored (last write per key, deletions applied)"
@@ -345,6 +390,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         println!(
             "  curl -s -H 'Authorization: Bearer {token}' '{query_url}/v1/me/sleep?from={from}&to={today}'"
         );
+        println!(
+            "  curl -s -H 'Authorization: Bearer {token}' '{query_url}/v1/me/impacts/products?periodDays=30'"
+        );
         println!("Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
     }
@@ -364,6 +412,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ensure!(
         sleep_check.differing == 0,
         "sleep nights differ from the brute-force sleep oracle"
+    );
+    ensure!(
+        impact_check.differing == 0,
+        "impacts differ from the brute-force impact oracle"
     );
     Ok(())
 }
@@ -693,4 +745,152 @@ async fn client_changes(
         }
     }
     Ok((changes, user_ids))
+}
+
+/// A stored session impact: (`user|event|metric`, type, product, start, end, baseline,
+/// after, delta, counts, reliable).
+type StoredSessionRow = (
+    String,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    i64,
+    i64,
+    bool,
+);
+
+/// A stored product impact: (`user|type|product|metric|period`, n, avg, std dev, tier,
+/// as of).
+type StoredProductRow = (String, i64, Option<f64>, Option<f64>, String, DateTime<Utc>);
+
+/// Recomputes every session and product impact by brute force (the impact oracle, sharing
+/// no code with the processors) from what the clients believe they stored and the events
+/// they logged, compares them with the tables the sink wrote, and prints a few.
+async fn check_impacts(
+    pool: &PgPool,
+    users: &[Arc<Mutex<SimulatedUser>>],
+) -> anyhow::Result<OracleCheck> {
+    use pulseline_schemas::records::UserEventChange;
+    use pulseline_stream_processors::Input;
+    use pulseline_stream_processors::testing::impact_oracle::{ProductRow, SessionRow};
+    use pulseline_stream_processors::testing::{
+        Oracle, ProductImpactsOracle, SessionImpactsOracle,
+    };
+
+    let (changes, user_ids) = client_changes(users).await?;
+    let mut inputs: Vec<Input> = changes.into_iter().map(Input::Sample).collect();
+    for user in users {
+        let u = user.lock().await;
+        for (i, (id, e)) in u.event_log().iter().enumerate() {
+            inputs.push(Input::Event(UserEventChange {
+                user_id: u.user_id.to_string(),
+                change_seq: i64::try_from(i)? + 1,
+                change_index: 0,
+                operation: if e.is_some() {
+                    Operation::Upsert
+                } else {
+                    Operation::Delete
+                },
+                event_id: id.clone(),
+                event_type: e.as_ref().map_or("", |e| e.event_type).to_owned(),
+                product_id: e.as_ref().and_then(|e| e.product_id).map(str::to_owned),
+                start_at: e.as_ref().map_or(0, |e| e.start_at),
+                end_at: e.as_ref().and_then(|e| e.end_at),
+                tz_offset_minutes: e.as_ref().map_or(0, |e| e.tz_offset_minutes),
+                attributes_json: None,
+                accepted_at: 0,
+            }));
+        }
+    }
+    let sessions: Vec<StoredSessionRow> = sqlx::query_as(
+        "SELECT user_id::text || '|' || event_id || '|' || metric, event_type, product_id,
+                start_at, end_at, baseline_avg, after_avg, delta_percent, baseline_count,
+                after_count, reliable
+         FROM session_impact WHERE user_id = ANY($1) AND NOT deleted",
+    )
+    .bind(&user_ids)
+    .fetch_all(pool)
+    .await?;
+    let sessions: BTreeMap<String, SessionRow> = sessions
+        .into_iter()
+        .map(|r| {
+            (
+                r.0,
+                SessionRow {
+                    event_type: r.1,
+                    product_id: r.2,
+                    start_at: r.3.timestamp_micros(),
+                    end_at: r.4.map(|t| t.timestamp_micros()),
+                    baseline_avg: r.5,
+                    after_avg: r.6,
+                    delta_percent: r.7,
+                    counts: (r.8, r.9),
+                    reliable: r.10,
+                },
+            )
+        })
+        .collect();
+    let products: Vec<StoredProductRow> = sqlx::query_as(
+        "SELECT user_id::text || '|' || event_type || '|' ||
+                CASE WHEN product_id IS NULL THEN '-' ELSE '=' || product_id END || '|' ||
+                metric || '|' || period_days, n, avg_delta_percent, std_dev, tier, as_of
+         FROM product_impact WHERE user_id = ANY($1) AND NOT deleted",
+    )
+    .bind(&user_ids)
+    .fetch_all(pool)
+    .await?;
+    let products: BTreeMap<String, ProductRow> = products
+        .into_iter()
+        .map(|r| {
+            (
+                r.0,
+                ProductRow {
+                    n: r.1,
+                    avg_delta_percent: r.2,
+                    std_dev: r.3,
+                    tier: r.4,
+                    as_of: r.5.timestamp_micros(),
+                },
+            )
+        })
+        .collect();
+    println!(
+        "  impacts computed ({} sessions, {} product rows; the first user's 30-day products):",
+        sessions.len(),
+        products.len()
+    );
+    let first = user_ids.first().map(|u| u.to_string()).unwrap_or_default();
+    for (key, p) in products
+        .iter()
+        .filter(|(k, _)| k.starts_with(&first) && k.ends_with("|30"))
+        .take(6)
+    {
+        let mut parts = key.split('|').skip(1);
+        let (kind, product, metric) = (parts.next(), parts.next(), parts.next());
+        println!(
+            "    {} {} on {}: n {}, average {:?} %, std dev {:?}, tier {}",
+            kind.unwrap_or_default(),
+            product.unwrap_or_default().trim_start_matches('='),
+            metric.unwrap_or_default(),
+            p.n,
+            p.avg_delta_percent,
+            p.std_dev,
+            p.tier
+        );
+    }
+    let mut problems =
+        SessionImpactsOracle.diff(&sessions, &SessionImpactsOracle.expected(&inputs));
+    let expected_products = ProductImpactsOracle.expected(&inputs);
+    problems.extend(ProductImpactsOracle.diff(&products, &expected_products));
+    for p in problems.iter().take(5) {
+        println!("    impact oracle: {p}");
+    }
+    Ok(OracleCheck {
+        compared: sessions.len() + expected_products.len(),
+        differing: problems.len(),
+    })
 }

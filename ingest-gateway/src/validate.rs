@@ -14,16 +14,7 @@ use crate::model::{DeviceType, EventId, EventIn, ProductId, SampleIn, SourceReco
 /// Local-time offsets on Earth lie within UTC-14:00..UTC+14:00.
 pub const MAX_TZ_OFFSET_MINUTES: i32 = 840;
 
-/// The event types impact windows know.
-pub const EVENT_TYPES: &[&str] = &[
-    "caffeine",
-    "alcohol",
-    "medication",
-    "meal",
-    "workout",
-    "meditation",
-    "custom",
-];
+pub use pulseline_schemas::records::EVENT_TYPES;
 
 /// Why an item was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

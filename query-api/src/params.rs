@@ -2,6 +2,7 @@
 //! store never see a raw string. Every refusal names the parameter and the rule.
 
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
+use pulseline_schemas::records::EVENT_TYPES;
 use pulseline_schemas::{Catalog, MetricDef};
 use serde_json::json;
 
@@ -171,28 +172,137 @@ impl SleepQuery {
 
     pub fn parse(pairs: &[(String, String)]) -> Result<Self, QueryError> {
         check_names(pairs, &Self::KNOWN)?;
-        let from = parse_date("from", required(pairs, "from")?)?;
-        let to = parse_date("to", required(pairs, "to")?)?;
-        if from > to {
-            return Err(QueryError::invalid_with(
-                "from",
-                "`from` must not be after `to`",
-                json!({ "from": from.to_string(), "to": to.to_string() }),
-            ));
-        }
-        let days = (to - from).num_days() + 1;
-        if days > Self::MAX_DAYS {
-            return Err(QueryError::invalid_with(
-                "to",
-                format!(
-                    "the range `from`..`to` covers {days} days; at most {} are allowed",
-                    Self::MAX_DAYS
-                ),
-                json!({ "days": days, "maxDays": Self::MAX_DAYS }),
-            ));
-        }
+        let (from, to) = date_range(pairs, Self::MAX_DAYS)?;
         Ok(Self { from, to })
     }
+}
+
+/// `GET /v1/me/impacts/sessions` parameters, checked: a range of local event dates, both
+/// included, and optional filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionImpactsQuery {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub event_type: Option<&'static str>,
+    pub product_id: Option<String>,
+    pub metric: Option<&'static str>,
+}
+
+impl SessionImpactsQuery {
+    /// The longest range, in local event dates.
+    pub const MAX_DAYS: i64 = 366;
+    const KNOWN: [&'static str; 5] = ["from", "to", "eventType", "productId", "metric"];
+
+    pub fn parse(pairs: &[(String, String)]) -> Result<Self, QueryError> {
+        check_names(pairs, &Self::KNOWN)?;
+        let (from, to) = date_range(pairs, Self::MAX_DAYS)?;
+        let event_type = match optional(pairs, "eventType") {
+            None => None,
+            Some(t) => Some(*EVENT_TYPES.iter().find(|k| **k == t).ok_or_else(|| {
+                QueryError::invalid_with(
+                    "eventType",
+                    "`eventType` is not an event type",
+                    json!({ "allowed": EVENT_TYPES }),
+                )
+            })?),
+        };
+        let product_id = match optional(pairs, "productId") {
+            Some(p) if p.chars().count() > MAX_PRODUCT_ID_CHARS => {
+                return Err(QueryError::invalid(
+                    "productId",
+                    format!("`productId` is longer than {MAX_PRODUCT_ID_CHARS} characters"),
+                ));
+            }
+            p => p.map(str::to_owned),
+        };
+        Ok(Self {
+            from,
+            to,
+            event_type,
+            product_id,
+            metric: optional_metric(pairs)?,
+        })
+    }
+}
+
+/// `GET /v1/me/impacts/products` parameters, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProductImpactsQuery {
+    pub period_days: i32,
+    pub metric: Option<&'static str>,
+}
+
+impl ProductImpactsQuery {
+    /// The periods product impacts are computed over.
+    pub const PERIODS: [i32; 2] = [30, 90];
+    const KNOWN: [&'static str; 2] = ["periodDays", "metric"];
+
+    pub fn parse(pairs: &[(String, String)]) -> Result<Self, QueryError> {
+        check_names(pairs, &Self::KNOWN)?;
+        let period_days = required(pairs, "periodDays")?
+            .parse::<i32>()
+            .ok()
+            .filter(|p| Self::PERIODS.contains(p))
+            .ok_or_else(|| {
+                QueryError::invalid_with(
+                    "periodDays",
+                    "`periodDays` must be 30 or 90",
+                    json!({ "allowed": Self::PERIODS }),
+                )
+            })?;
+        Ok(Self {
+            period_days,
+            metric: optional_metric(pairs)?,
+        })
+    }
+}
+
+/// The gateway's limit on product ids.
+const MAX_PRODUCT_ID_CHARS: usize = 256;
+
+/// The value of an optional parameter (absent or empty: `None`).
+fn optional<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// An optional `metric` filter: a catalog code, any case.
+fn optional_metric(pairs: &[(String, String)]) -> Result<Option<&'static str>, QueryError> {
+    let Some(m) = optional(pairs, "metric") else {
+        return Ok(None);
+    };
+    Catalog::builtin()
+        .metric(&m.to_ascii_uppercase())
+        .map(|def| Some(def.code()))
+        .map_err(|_| QueryError::invalid("metric", "`metric` is not a metric code of the catalog"))
+}
+
+/// Required `from` and `to` dates, in order, covering at most `max_days` days.
+fn date_range(
+    pairs: &[(String, String)],
+    max_days: i64,
+) -> Result<(NaiveDate, NaiveDate), QueryError> {
+    let from = parse_date("from", required(pairs, "from")?)?;
+    let to = parse_date("to", required(pairs, "to")?)?;
+    if from > to {
+        return Err(QueryError::invalid_with(
+            "from",
+            "`from` must not be after `to`",
+            json!({ "from": from.to_string(), "to": to.to_string() }),
+        ));
+    }
+    let days = (to - from).num_days() + 1;
+    if days > max_days {
+        return Err(QueryError::invalid_with(
+            "to",
+            format!("the range `from`..`to` covers {days} days; at most {max_days} are allowed"),
+            json!({ "days": days, "maxDays": max_days }),
+        ));
+    }
+    Ok((from, to))
 }
 
 fn parse_date(name: &str, value: &str) -> Result<NaiveDate, QueryError> {

@@ -17,9 +17,11 @@ use crate::api::model::{Freshness, FreshnessStatus, StreamFreshness};
 use crate::error::QueryError;
 
 /// Tables the API reads whatever the read model; /readyz reports the missing ones.
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 7] = [
     "rollup",
     "sleep_night",
+    "session_impact",
+    "product_impact",
     "sink_progress",
     "user_stream",
     "accepted_change",

@@ -12,7 +12,9 @@ pub mod topics;
 pub mod wire;
 
 pub use catalog::{Aggregation, Catalog, CatalogError, MetricDef, ValueKind};
-pub use readmodel::{AppliedSeqs, ReadModel, ReadModelProgress, ReadModelRecord, Stream};
+pub use readmodel::{
+    AppliedSeqs, ReadModel, ReadModelProgress, ReadModelRecord, RowVersion, Stream,
+};
 pub use records::{AvroRecord, Operation};
 pub use wire::AvroCodec;
 

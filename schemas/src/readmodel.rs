@@ -73,6 +73,38 @@ impl AppliedSeqs {
     }
 }
 
+/// A row's version: the change ids (as `ChangeId::version` numbers, 0 = none) of each input
+/// stream applied when the newest change touching the row was applied. Ordered
+/// lexicographically, samples first. Along any interleaving of the two streams both parts
+/// only grow, so the version grows with every change that touches the row; and a pair
+/// names one prefix of each stream, so equal versions carry equal content as long as the
+/// processor's state is a function of the applied prefixes (not of their interleaving).
+/// A read model of one stream has 0 in the other part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RowVersion {
+    pub samples: i64,
+    pub events: i64,
+}
+
+impl RowVersion {
+    /// Bits of a version part below the sequence (the change's index in its request).
+    pub const INDEX_BITS: u32 = 20;
+
+    /// The sequences the version's change ids belong to (what a row reports as applied).
+    pub fn seqs(self) -> AppliedSeqs {
+        AppliedSeqs {
+            samples: self.samples >> Self::INDEX_BITS,
+            events: self.events >> Self::INDEX_BITS,
+        }
+    }
+}
+
+impl std::fmt::Display for RowVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({}, {})", self.samples, self.events)
+    }
+}
+
 /// A read model: versioned rows keyed by `Key`, each belonging to one user.
 ///
 /// Implement it next to the record (this crate); the runtime, the sinks and the query API
@@ -90,12 +122,12 @@ pub trait ReadModel: AvroRecord + Clone + Debug + 'static {
     /// The row that says "this key has no row any more": it keeps its version so a late,
     /// lower version can never resurrect the row.
     fn tombstone(user_id: &str, key: &Self::Key) -> Self;
-    fn version(&self) -> i64;
+    fn version(&self) -> RowVersion;
     fn is_deleted(&self) -> bool;
     /// The applied sequences the row was stamped with.
     fn applied(&self) -> AppliedSeqs;
     /// Sets the version and applied sequences (the runtime's job, never a processor's).
-    fn stamp(&mut self, version: i64, applied: AppliedSeqs);
+    fn stamp(&mut self, version: RowVersion, applied: AppliedSeqs);
 }
 
 /// How far a read model has applied one user's streams (see the module doc).

@@ -68,8 +68,11 @@ macro_rules! avro_record {
 /// `version`, `deleted` and `appliedSeq` fields.
 macro_rules! samples_row_versioning {
     () => {
-        fn version(&self) -> i64 {
-            self.version
+        fn version(&self) -> $crate::RowVersion {
+            $crate::RowVersion {
+                samples: self.version,
+                events: 0,
+            }
         }
 
         fn is_deleted(&self) -> bool {
@@ -83,8 +86,8 @@ macro_rules! samples_row_versioning {
             }
         }
 
-        fn stamp(&mut self, version: i64, applied: AppliedSeqs) {
-            self.version = version;
+        fn stamp(&mut self, version: $crate::RowVersion, applied: AppliedSeqs) {
+            self.version = version.samples;
             self.applied_seq = applied.samples;
         }
     };
@@ -122,6 +125,17 @@ pub struct SampleChange {
     pub accepted_at: i64,
 }
 avro_record!(SampleChange, "sample_change.avsc", crate::topics::SAMPLES);
+
+/// The event types a user can log (the gateway refuses others; impacts group by them).
+pub const EVENT_TYPES: &[&str] = &[
+    "caffeine",
+    "alcohol",
+    "medication",
+    "meal",
+    "workout",
+    "meditation",
+    "custom",
+];
 
 /// One accepted change to a user's logged events (`health.events.v1`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -313,17 +327,21 @@ impl ReadModel for SleepNightUpsert {
     samples_row_versioning!();
 }
 
-/// A versioned upsert of one metric's impact around one user event (impact processor).
+/// A versioned upsert of one metric's response to one user event (`readmodel.session_impacts.v1`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionImpactUpsert {
     pub user_id: String,
     pub event_id: String,
-    pub event_type: String,
-    pub product_id: Option<String>,
     pub metric: String,
     pub version: i64,
+    pub events_version: i64,
     pub deleted: bool,
+    pub event_type: String,
+    pub product_id: Option<String>,
+    pub start_at: i64,
+    pub end_at: Option<i64>,
+    pub local_date: String,
     pub baseline_avg: Option<f64>,
     pub after_avg: Option<f64>,
     pub delta_percent: Option<f64>,
@@ -340,6 +358,197 @@ avro_record!(
     |r: &SessionImpactUpsert| format!("{}|{}|{}", r.user_id, r.event_id, r.metric)
 );
 
+/// A session impact's identity within its user.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionImpactKey {
+    pub event_id: String,
+    pub metric: String,
+}
+
+/// The `ReadModel` methods of a row that reads both streams and carries `version`,
+/// `eventsVersion`, `deleted`, `appliedSampleSeq` and `appliedEventSeq` fields.
+macro_rules! two_stream_row_versioning {
+    () => {
+        fn version(&self) -> $crate::RowVersion {
+            $crate::RowVersion {
+                samples: self.version,
+                events: self.events_version,
+            }
+        }
+
+        fn is_deleted(&self) -> bool {
+            self.deleted
+        }
+
+        fn applied(&self) -> AppliedSeqs {
+            AppliedSeqs {
+                samples: self.applied_sample_seq,
+                events: self.applied_event_seq,
+            }
+        }
+
+        fn stamp(&mut self, version: $crate::RowVersion, applied: AppliedSeqs) {
+            self.version = version.samples;
+            self.events_version = version.events;
+            self.applied_sample_seq = applied.samples;
+            self.applied_event_seq = applied.events;
+        }
+    };
+}
+
+impl ReadModel for SessionImpactUpsert {
+    const NAME: &'static str = "session_impacts";
+    const STREAMS: &'static [Stream] = &[Stream::Samples, Stream::Events];
+    type Key = SessionImpactKey;
+
+    fn row_key(&self) -> SessionImpactKey {
+        SessionImpactKey {
+            event_id: self.event_id.clone(),
+            metric: self.metric.clone(),
+        }
+    }
+
+    fn tombstone(user_id: &str, key: &SessionImpactKey) -> Self {
+        SessionImpactUpsert {
+            user_id: user_id.to_owned(),
+            event_id: key.event_id.clone(),
+            metric: key.metric.clone(),
+            version: 0,
+            events_version: 0,
+            deleted: true,
+            event_type: String::new(),
+            product_id: None,
+            start_at: 0,
+            end_at: None,
+            local_date: String::new(),
+            baseline_avg: None,
+            after_avg: None,
+            delta_percent: None,
+            baseline_count: 0,
+            after_count: 0,
+            reliable: false,
+            applied_sample_seq: 0,
+            applied_event_seq: 0,
+        }
+    }
+
+    two_stream_row_versioning!();
+}
+
+/// How far a product impact's sessions agree, by how many there are and their signs.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ImpactTier {
+    Insufficient,
+    Low,
+    Medium,
+    High,
+}
+
+impl ImpactTier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImpactTier::Insufficient => "INSUFFICIENT",
+            ImpactTier::Low => "LOW",
+            ImpactTier::Medium => "MEDIUM",
+            ImpactTier::High => "HIGH",
+        }
+    }
+}
+
+/// A versioned upsert of a user's average response to one product or event type in one
+/// metric over a period (`readmodel.product_impacts.v1`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductImpactUpsert {
+    pub user_id: String,
+    pub event_type: String,
+    pub product_id: Option<String>,
+    pub metric: String,
+    pub period_days: i32,
+    pub version: i64,
+    pub events_version: i64,
+    pub deleted: bool,
+    pub n: i64,
+    pub avg_delta_percent: Option<f64>,
+    pub std_dev: Option<f64>,
+    pub tier: ImpactTier,
+    pub as_of: i64,
+    pub applied_sample_seq: i64,
+    pub applied_event_seq: i64,
+}
+avro_record!(
+    ProductImpactUpsert,
+    "product_impact_upsert.avsc",
+    crate::topics::PRODUCT_IMPACTS,
+    |r: &ProductImpactUpsert| product_impact_key(
+        &r.user_id,
+        &r.event_type,
+        r.product_id.as_deref(),
+        &r.metric,
+        r.period_days
+    )
+);
+
+/// The topic key: the product is `=`-prefixed (`-` without one), so keys are injective.
+fn product_impact_key(
+    user: &str,
+    event_type: &str,
+    product: Option<&str>,
+    metric: &str,
+    period_days: i32,
+) -> String {
+    let product = product.map_or_else(|| "-".to_owned(), |p| format!("={p}"));
+    format!("{user}|{event_type}|{product}|{metric}|{period_days}")
+}
+
+/// A product impact's identity within its user: the group (event type and product, if
+/// any), the metric and the period.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProductImpactKey {
+    pub event_type: String,
+    pub product_id: Option<String>,
+    pub metric: String,
+    pub period_days: i32,
+}
+
+impl ReadModel for ProductImpactUpsert {
+    const NAME: &'static str = "product_impacts";
+    const STREAMS: &'static [Stream] = &[Stream::Samples, Stream::Events];
+    type Key = ProductImpactKey;
+
+    fn row_key(&self) -> ProductImpactKey {
+        ProductImpactKey {
+            event_type: self.event_type.clone(),
+            product_id: self.product_id.clone(),
+            metric: self.metric.clone(),
+            period_days: self.period_days,
+        }
+    }
+
+    fn tombstone(user_id: &str, key: &ProductImpactKey) -> Self {
+        ProductImpactUpsert {
+            user_id: user_id.to_owned(),
+            event_type: key.event_type.clone(),
+            product_id: key.product_id.clone(),
+            metric: key.metric.clone(),
+            period_days: key.period_days,
+            version: 0,
+            events_version: 0,
+            deleted: true,
+            n: 0,
+            avg_delta_percent: None,
+            std_dev: None,
+            tier: ImpactTier::Insufficient,
+            as_of: 0,
+            applied_sample_seq: 0,
+            applied_event_seq: 0,
+        }
+    }
+
+    two_stream_row_versioning!();
+}
+
 /// Every schema file with its record name, for tests and tooling that walk them all.
 pub const ALL_SCHEMAS: &[(&str, &str)] = &[
     ("sample_change.avsc", SampleChange::SCHEMA_TEXT),
@@ -349,6 +558,10 @@ pub const ALL_SCHEMAS: &[(&str, &str)] = &[
     (
         "session_impact_upsert.avsc",
         SessionImpactUpsert::SCHEMA_TEXT,
+    ),
+    (
+        "product_impact_upsert.avsc",
+        ProductImpactUpsert::SCHEMA_TEXT,
     ),
     (
         "read_model_progress.avsc",

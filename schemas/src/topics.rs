@@ -26,8 +26,10 @@ pub const DEAD_LETTER: &str = "health.deadletter.v1";
 pub const ROLLUPS: &str = "readmodel.rollups.v1";
 /// Versioned sleep-night upserts.
 pub const SLEEP_NIGHTS: &str = "readmodel.sleep_nights.v1";
-/// Versioned impact-window upserts.
+/// Versioned session-impact upserts (one event, one metric).
 pub const SESSION_IMPACTS: &str = "readmodel.session_impacts.v1";
+/// Versioned product-impact upserts (one product or event type, one metric, one period).
+pub const PRODUCT_IMPACTS: &str = "readmodel.product_impacts.v1";
 
 /// Whether Kafka may drop older records of a key (read models) or only old segments (inputs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

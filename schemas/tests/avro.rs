@@ -241,7 +241,11 @@ fn impact() -> SessionImpactUpsert {
         product_id: None,
         metric: "HEART_RATE".into(),
         version: 8,
+        events_version: 3,
         deleted: false,
+        start_at: 1_763_900_000_000_000,
+        end_at: Some(1_763_901_800_000_000),
+        local_date: "2025-11-23".into(),
         baseline_avg: Some(64.0),
         after_avg: Some(70.4),
         delta_percent: Some(10.0),
@@ -250,6 +254,26 @@ fn impact() -> SessionImpactUpsert {
         reliable: true,
         applied_sample_seq: 40,
         applied_event_seq: 7,
+    }
+}
+
+fn product_impact() -> ProductImpactUpsert {
+    ProductImpactUpsert {
+        user_id: "u".into(),
+        event_type: "caffeine".into(),
+        product_id: Some("espresso".into()),
+        metric: "HEART_RATE".into(),
+        period_days: 30,
+        version: 9,
+        events_version: 4,
+        deleted: false,
+        n: 6,
+        avg_delta_percent: Some(12.5),
+        std_dev: Some(3.25),
+        tier: ImpactTier::Medium,
+        as_of: 1_763_900_000_000_000,
+        applied_sample_seq: 41,
+        applied_event_seq: 8,
     }
 }
 
@@ -282,6 +306,7 @@ async fn every_record_type_round_trips_through_the_real_registry() {
     roundtrip(&codec, rollup()).await;
     roundtrip(&codec, sleep_night()).await;
     roundtrip(&codec, impact()).await;
+    roundtrip(&codec, product_impact()).await;
 
     // The registry holds one subject per topic, under the test's prefix.
     let subjects: Vec<String> = reqwest_subjects(&stack.schema_registry_url).await;

@@ -10,9 +10,14 @@
 //! trip cross time zones. It mixes in the awkward traffic the gateway must absorb: retries
 //! of the same request, unchanged re-uploads, corrections and deletions.
 //!
+//! Users also log events (a morning coffee, an evening supplement, workouts) that their
+//! heart rate responds to (`events`).
+//!
 //! It also keeps the client's view of what should be stored ([`SimulatedUser::expected`]):
 //! the last write per natural key with deletions applied, so a run can be checked against
 //! what the pipeline computed. Deterministic for a given seed.
+
+mod events;
 
 use std::collections::BTreeMap;
 
@@ -21,6 +26,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+pub use events::{DECAF, EventContent, EventUpload, HOUSE_BLEND, SUPPLEMENT};
 
 /// How often each kind of awkward request occurs (fractions of requests; the rest are new data).
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +114,11 @@ pub struct SimulatedUser {
     last: Option<(Value, usize)>,
     sent: Vec<(NaturalKey, SampleContent)>,
     expected: BTreeMap<NaturalKey, SampleContent>,
+    seed: u64,
+    /// Events are planned up to here.
+    events_cursor: DateTime<Utc>,
+    events_expected: BTreeMap<String, EventContent>,
+    event_log: Vec<(String, Option<EventContent>)>,
 }
 
 impl SimulatedUser {
@@ -141,6 +153,10 @@ impl SimulatedUser {
             last: None,
             sent: Vec::new(),
             expected: BTreeMap::new(),
+            seed,
+            events_cursor: start,
+            events_expected: BTreeMap::new(),
+            event_log: Vec::new(),
         }
     }
 
@@ -217,7 +233,9 @@ impl SimulatedUser {
             let hour_phase = f64::from(local_hour) + f64::from(start.minute()) / 60.0;
             let rhythm = 62.0 + 14.0 * ((hour_phase - 4.0) / 24.0 * std::f64::consts::TAU).sin();
             if device.device_type == "apple_watch" {
-                let hr = (rhythm + self.rng.random_range(-4.0..4.0)).round();
+                let hr = ((rhythm + self.rng.random_range(-4.0..4.0))
+                    * self.heart_rate_factor(start))
+                .round();
                 minute.push(("HEART_RATE", Some(hr), None, 0, 0));
                 if asleep && start.minute().is_multiple_of(10) {
                     let stages = ["core", "deep", "rem", "core", "awake"];

@@ -21,7 +21,9 @@ pub mod telemetry;
 
 use std::sync::Arc;
 
-use pulseline_schemas::records::{RollupUpsert, SleepNightUpsert};
+use pulseline_schemas::records::{
+    ProductImpactUpsert, RollupUpsert, SessionImpactUpsert, SleepNightUpsert,
+};
 
 pub use app::SinkApplication;
 pub use config::SinkConfig;
@@ -83,5 +85,7 @@ pub fn read_model_runners(
     Ok(vec![
         make.runner::<RollupUpsert>(store)?,
         make.runner::<SleepNightUpsert>(store)?,
+        make.runner::<SessionImpactUpsert>(store)?,
+        make.runner::<ProductImpactUpsert>(store)?,
     ])
 }

@@ -152,11 +152,24 @@ fn upsert_sql<M: StoredReadModel>() -> String {
         .iter()
         .map(|c| format!("{0} = EXCLUDED.{0}", c.name))
         .collect();
+    let stored: Vec<String> = M::VERSION_COLUMNS
+        .iter()
+        .map(|c| format!("t.{c}"))
+        .collect();
+    let new: Vec<String> = M::VERSION_COLUMNS
+        .iter()
+        .map(|c| format!("EXCLUDED.{c}"))
+        .collect();
+    // A row comparison orders lexicographically, as `RowVersion` does.
+    let guard = match M::VERSION_COLUMNS {
+        [_] => format!("{} < {}", stored[0], new[0]),
+        _ => format!("({}) < ({})", stored.join(", "), new.join(", ")),
+    };
     format!(
         "INSERT INTO {table} AS t ({names}, updated_at) \
          SELECT {names}, now() FROM jsonb_to_recordset($1::jsonb) AS u({typed}) \
          ON CONFLICT ({keys}) DO UPDATE SET {updates}, updated_at = EXCLUDED.updated_at \
-         WHERE t.version < EXCLUDED.version",
+         WHERE {guard}",
         table = M::TABLE,
         names = names.join(", "),
         typed = typed.join(", "),
@@ -296,7 +309,7 @@ mod tests {
         ];
         let kept: Vec<i64> = newest_per_key(rows.iter())
             .iter()
-            .map(|r| r.version)
+            .map(|r| r.version.samples)
             .collect();
         assert_eq!(kept, vec![7, 2]);
     }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use futures::future::BoxFuture;
-use pulseline_schemas::{AppliedSeqs, ReadModelProgress, ReadModelRecord};
+use pulseline_schemas::{AppliedSeqs, ReadModelProgress, ReadModelRecord, RowVersion};
 use uuid::Uuid;
 
 use crate::error::SinkError;
@@ -45,7 +45,7 @@ pub struct InvalidRecord(pub &'static str);
 pub struct StoredRow<M: StoredReadModel> {
     pub user_id: Uuid,
     pub key: M::Key,
-    pub version: i64,
+    pub version: RowVersion,
     pub applied: AppliedSeqs,
     /// The row as the store writes it.
     pub columns: M::Columns,

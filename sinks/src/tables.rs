@@ -9,7 +9,9 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use pulseline_schemas::ReadModel;
-use pulseline_schemas::records::{Period, RollupUpsert, SleepNightUpsert};
+use pulseline_schemas::records::{
+    Period, ProductImpactUpsert, RollupUpsert, SessionImpactUpsert, SleepNightUpsert,
+};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -38,6 +40,9 @@ pub trait StoredReadModel: ReadModel + Send + Sync {
     const KEY_COLUMNS: &'static [Column];
     /// Every other written column, `version` and `deleted` included.
     const VALUE_COLUMNS: &'static [Column];
+    /// The columns holding the row version, compared in order: `version` alone for a read
+    /// model of one stream, `version, events_version` for one of both (`RowVersion`).
+    const VERSION_COLUMNS: &'static [&'static str] = &["version"];
     /// One row as the table holds it: serialises to an object with a field per column.
     type Columns: Serialize + Clone + Send + Sync + std::fmt::Debug;
 
@@ -157,14 +162,14 @@ impl StoredReadModel for SleepNightUpsert {
     fn columns(r: &Self, user_id: Uuid) -> Result<SleepNightColumns, InvalidRecord> {
         let night = NaiveDate::parse_from_str(&r.night, "%Y-%m-%d")
             .map_err(|_| InvalidRecord("night is not YYYY-MM-DD"))?;
-        let instant = |t: Option<i64>, what| match t {
-            None => Ok(None),
-            Some(micros) => DateTime::from_timestamp_micros(micros)
-                .map(Some)
-                .ok_or(InvalidRecord(what)),
-        };
-        let bed_at = instant(r.bed_at, "bedAt is out of range")?;
-        let wake_at = instant(r.wake_at, "wakeAt is out of range")?;
+        let bed_at = r
+            .bed_at
+            .map(|t| instant(t, "bedAt is out of range"))
+            .transpose()?;
+        let wake_at = r
+            .wake_at
+            .map(|t| instant(t, "wakeAt is out of range"))
+            .transpose()?;
         let live = !r.deleted;
         if live && r.efficiency.is_some_and(|e| !(0.0..=1.0).contains(&e)) {
             return Err(InvalidRecord("efficiency is outside 0..1"));
@@ -201,6 +206,200 @@ impl StoredReadModel for SleepNightUpsert {
             sources: if live { r.sources.clone() } else { Vec::new() },
             deleted: r.deleted,
             version: r.version,
+        })
+    }
+}
+
+/// The columns of a read model of both streams (`RowVersion`).
+const TWO_STREAM_VERSION: &[&str] = &["version", "events_version"];
+
+fn instant(micros: i64, what: &'static str) -> Result<DateTime<Utc>, InvalidRecord> {
+    DateTime::from_timestamp_micros(micros).ok_or(InvalidRecord(what))
+}
+
+fn finite(v: Option<f64>, what: &'static str) -> Result<Option<f64>, InvalidRecord> {
+    match v {
+        Some(x) if !x.is_finite() => Err(InvalidRecord(what)),
+        v => Ok(v),
+    }
+}
+
+/// `session_impact`: one row per user, event and metric (migrations/1003_impacts.sql).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionImpactColumns {
+    user_id: Uuid,
+    event_id: String,
+    metric: String,
+    event_type: String,
+    product_id: Option<String>,
+    start_at: Option<DateTime<Utc>>,
+    end_at: Option<DateTime<Utc>>,
+    local_date: Option<NaiveDate>,
+    baseline_avg: Option<f64>,
+    after_avg: Option<f64>,
+    delta_percent: Option<f64>,
+    baseline_count: i64,
+    after_count: i64,
+    reliable: bool,
+    deleted: bool,
+    version: i64,
+    events_version: i64,
+}
+
+impl StoredReadModel for SessionImpactUpsert {
+    const TABLE: &'static str = "session_impact";
+    const KEY_COLUMNS: &'static [Column] = &[
+        col("user_id", "uuid"),
+        col("event_id", "text"),
+        col("metric", "text"),
+    ];
+    const VALUE_COLUMNS: &'static [Column] = &[
+        col("event_type", "text"),
+        col("product_id", "text"),
+        col("start_at", "timestamptz"),
+        col("end_at", "timestamptz"),
+        col("local_date", "date"),
+        col("baseline_avg", "float8"),
+        col("after_avg", "float8"),
+        col("delta_percent", "float8"),
+        col("baseline_count", "int8"),
+        col("after_count", "int8"),
+        col("reliable", "bool"),
+        col("deleted", "bool"),
+        col("version", "int8"),
+        col("events_version", "int8"),
+    ];
+    const VERSION_COLUMNS: &'static [&'static str] = TWO_STREAM_VERSION;
+    type Columns = SessionImpactColumns;
+
+    fn columns(r: &Self, user_id: Uuid) -> Result<SessionImpactColumns, InvalidRecord> {
+        if r.event_id.is_empty() || r.metric.is_empty() {
+            return Err(InvalidRecord("eventId or metric is empty"));
+        }
+        // A deleted session keeps only its version (the tombstone that blocks resurrection).
+        let live = !r.deleted;
+        let (start_at, end_at, local_date) = if live {
+            let date = NaiveDate::parse_from_str(&r.local_date, "%Y-%m-%d")
+                .map_err(|_| InvalidRecord("localDate is not YYYY-MM-DD"))?;
+            let end = r
+                .end_at
+                .map(|e| instant(e, "endAt is out of range"))
+                .transpose()?;
+            (
+                Some(instant(r.start_at, "startAt is out of range")?),
+                end,
+                Some(date),
+            )
+        } else {
+            (None, None, None)
+        };
+        if live && (r.baseline_count < 0 || r.after_count < 0) {
+            return Err(InvalidRecord("a sample count is negative"));
+        }
+        Ok(SessionImpactColumns {
+            user_id,
+            event_id: r.event_id.clone(),
+            metric: r.metric.clone(),
+            event_type: if live {
+                r.event_type.clone()
+            } else {
+                String::new()
+            },
+            product_id: r.product_id.clone().filter(|_| live),
+            start_at,
+            end_at,
+            local_date,
+            baseline_avg: finite(r.baseline_avg, "baselineAvg is not finite")?.filter(|_| live),
+            after_avg: finite(r.after_avg, "afterAvg is not finite")?.filter(|_| live),
+            delta_percent: finite(r.delta_percent, "deltaPercent is not finite")?.filter(|_| live),
+            baseline_count: if live { r.baseline_count } else { 0 },
+            after_count: if live { r.after_count } else { 0 },
+            reliable: live && r.reliable,
+            deleted: r.deleted,
+            version: r.version,
+            events_version: r.events_version,
+        })
+    }
+}
+
+/// `product_impact`: one row per user, group, metric and period
+/// (migrations/1003_impacts.sql).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProductImpactColumns {
+    user_id: Uuid,
+    event_type: String,
+    /// The product id, or '' for an event type's group (part of the primary key).
+    product_key: String,
+    metric: String,
+    period_days: i32,
+    product_id: Option<String>,
+    n: i64,
+    avg_delta_percent: Option<f64>,
+    std_dev: Option<f64>,
+    tier: &'static str,
+    as_of: Option<DateTime<Utc>>,
+    deleted: bool,
+    version: i64,
+    events_version: i64,
+}
+
+impl StoredReadModel for ProductImpactUpsert {
+    const TABLE: &'static str = "product_impact";
+    const KEY_COLUMNS: &'static [Column] = &[
+        col("user_id", "uuid"),
+        col("event_type", "text"),
+        col("product_key", "text"),
+        col("metric", "text"),
+        col("period_days", "int4"),
+    ];
+    const VALUE_COLUMNS: &'static [Column] = &[
+        col("product_id", "text"),
+        col("n", "int8"),
+        col("avg_delta_percent", "float8"),
+        col("std_dev", "float8"),
+        col("tier", "text"),
+        col("as_of", "timestamptz"),
+        col("deleted", "bool"),
+        col("version", "int8"),
+        col("events_version", "int8"),
+    ];
+    const VERSION_COLUMNS: &'static [&'static str] = TWO_STREAM_VERSION;
+    type Columns = ProductImpactColumns;
+
+    fn columns(r: &Self, user_id: Uuid) -> Result<ProductImpactColumns, InvalidRecord> {
+        if r.event_type.is_empty() || r.metric.is_empty() {
+            return Err(InvalidRecord("eventType or metric is empty"));
+        }
+        if r.product_id.as_deref() == Some("") {
+            return Err(InvalidRecord("productId is empty"));
+        }
+        if r.period_days <= 0 {
+            return Err(InvalidRecord("periodDays is not positive"));
+        }
+        let live = !r.deleted;
+        if live && r.n < 0 {
+            return Err(InvalidRecord("n is negative"));
+        }
+        Ok(ProductImpactColumns {
+            user_id,
+            event_type: r.event_type.clone(),
+            product_key: r.product_id.clone().unwrap_or_default(),
+            metric: r.metric.clone(),
+            period_days: r.period_days,
+            product_id: r.product_id.clone(),
+            n: if live { r.n } else { 0 },
+            avg_delta_percent: finite(r.avg_delta_percent, "avgDeltaPercent is not finite")?
+                .filter(|_| live),
+            std_dev: finite(r.std_dev, "stdDev is not finite")?.filter(|_| live),
+            tier: r.tier.as_str(),
+            as_of: if live {
+                Some(instant(r.as_of, "asOf is out of range")?)
+            } else {
+                None
+            },
+            deleted: r.deleted,
+            version: r.version,
+            events_version: r.events_version,
         })
     }
 }

@@ -8,7 +8,8 @@ use pulseline_service::config::{self as shared, env};
 use pulseline_service::{OpsRouter, shutdown_signal};
 use serde_json::json;
 
-use crate::processors::{self, ProcessorsConfig, SourcePriority};
+use crate::processors::impact::{MetricList, WindowRules};
+use crate::processors::{self, ImpactConfig, ProcessorsConfig, SourcePriority};
 use crate::runtime::{OffsetReset, Runtime, RuntimeConfig, RuntimeError};
 
 #[derive(Debug, Clone, Parser)]
@@ -56,6 +57,14 @@ pub struct Cli {
     /// Device classes by priority: `a,b>c>d` (wearable > phone > other > manual by default).
     #[arg(long, env = "PULSELINE_SOURCE_PRIORITY")]
     pub source_priority: Option<SourcePriority>,
+    /// Metrics the impact read models compare: `HEART_RATE,BLOOD_GLUCOSE` (the discrete
+    /// quantity metrics by default).
+    #[arg(long, env = "PULSELINE_IMPACT_METRICS")]
+    pub impact_metrics: Option<MetricList>,
+    /// Impact windows per event type, in minutes: `workout=30:180,default=60:120`
+    /// (baseline 60, after 120 by default).
+    #[arg(long, env = "PULSELINE_IMPACT_WINDOWS")]
+    pub impact_windows: Option<WindowRules>,
     #[arg(
         long,
         env = "PULSELINE_PROCESSOR_METRICS_ADDR",
@@ -88,6 +97,16 @@ impl Cli {
     pub fn processors_config(&self) -> ProcessorsConfig {
         ProcessorsConfig {
             source_priority: self.source_priority.clone().unwrap_or_default(),
+            impact: {
+                let mut c = ImpactConfig::default();
+                if let Some(m) = self.impact_metrics.clone() {
+                    c = c.with_metrics(m);
+                }
+                if let Some(w) = self.impact_windows.clone() {
+                    c = c.with_windows(w);
+                }
+                c
+            },
         }
     }
 }

@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use pulseline_schemas::{AvroCodec, AvroRecord};
 use serde::{Deserialize, Serialize};
 
-use pulseline_schemas::{AppliedSeqs, ReadModel, ReadModelProgress};
+use pulseline_schemas::{ReadModel, ReadModelProgress, RowVersion};
 
 use crate::processor::{
     Applied, ChangeId, Context, Flush, Input, KeyOf, Processor, Rejection, Stream,
@@ -70,8 +70,8 @@ struct UserSlot<S, K> {
     meta: UserMeta,
     /// A change of this batch was consumed (applied or dead-lettered): report progress.
     touched: bool,
-    /// Rows touched in this batch, with the newest change that touched each.
-    rows: BTreeMap<K, (ChangeId, Stream)>,
+    /// Rows touched in this batch, with the version of the newest change that touched each.
+    rows: BTreeMap<K, RowVersion>,
 }
 
 impl<S: Default, K> Default for UserSlot<S, K> {
@@ -115,17 +115,16 @@ pub fn changelog_user(key: &[u8]) -> Option<String> {
         .map(|k| k.user().to_owned())
 }
 
-/// The applied sequences a row version carries: the sequence of the change it reflects, on
-/// that change's stream. A function of the version alone, so equal versions carry equal
-/// content whatever the batch boundaries; the user's progress travels in the progress
-/// records, which carry everything applied by the end of the batch.
-fn version_seqs(change: ChangeId, stream: Stream) -> AppliedSeqs {
-    let mut seqs = AppliedSeqs::default();
-    match stream {
-        Stream::Samples => seqs.samples = change.seq,
-        Stream::Events => seqs.events = change.seq,
+/// The version of a row touched by the change that made `applied` what it is: the last
+/// change id of each stream (`RowVersion` says why that pair orders and identifies rows).
+/// Its applied sequences (`RowVersion::seqs`) are a function of it alone, so equal
+/// versions carry equal content whatever the batch boundaries; the user's progress travels
+/// in the progress records, which carry everything applied by the end of the batch.
+fn row_version(applied: &Applied) -> RowVersion {
+    RowVersion {
+        samples: applied.samples.map_or(0, ChangeId::version),
+        events: applied.events.map_or(0, ChangeId::version),
     }
-    seqs
 }
 
 /// What one batch produced for one processor and partition.
@@ -214,9 +213,10 @@ impl<P: Processor> PartitionTask<P> {
             let mut ctx = Context::new(user, change, applied, &mut self.keys);
             match self.processor.apply(&mut ctx, &mut slot.state, input) {
                 Ok(()) => {
+                    // Both parts only grow, so this change's version is the newest.
+                    let version = row_version(&applied);
                     for key in self.keys.drain(..) {
-                        let newest = slot.rows.entry(key).or_insert((change, stream));
-                        *newest = (*newest).max((change, stream));
+                        slot.rows.insert(key, version);
                     }
                     slot.meta.watermark = Some(
                         slot.meta
@@ -262,10 +262,10 @@ impl<P: Processor> PartitionTask<P> {
                     &mut Flush::new(&user, &touched, &mut rendered),
                     &mut slot.state,
                 );
-                for (key, (change, stream)) in touched {
+                for (key, version) in touched {
                     match rendered.remove(&key) {
                         Some(mut row) => {
-                            row.stamp(change.version(), version_seqs(change, stream));
+                            row.stamp(version, version.seqs());
                             out.outputs.push(row);
                         }
                         None => out.violations.push(format!(
@@ -489,19 +489,7 @@ impl<P: Processor> DynTask for ErasedTask<P> {
 }
 
 /// Wraps a processor for the registration list (`processors::registry`).
-///
-/// Read models of one input stream only, for now: a row's version is the change id of the
-/// newest change that touched it, and change ids of two streams do not order against each
-/// other. A read model joining samples and events needs a version that grows with either
-/// stream and is injective (e.g. the pair of applied positions compared lexicographically);
-/// until the runtime has one, registering such a processor does not compile.
 pub fn register<P: Processor>(processor: P) -> Box<dyn DynProcessor> {
-    const {
-        assert!(
-            <P::Output as ReadModel>::STREAMS.len() == 1,
-            "read models over several input streams need a cross-stream version rule (engine::register)"
-        )
-    };
     Box::new(Registered(Arc::new(processor)))
 }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use pulseline_schemas::records::{SampleChange, UserEventChange};
-pub use pulseline_schemas::{AppliedSeqs, ReadModel, Stream};
+pub use pulseline_schemas::{AppliedSeqs, ReadModel, RowVersion, Stream};
 
 use crate::state::State;
 
@@ -24,7 +24,7 @@ pub struct ChangeId {
 
 impl ChangeId {
     /// Bits reserved for the index in a read-model version.
-    pub const INDEX_BITS: u32 = 20;
+    pub const INDEX_BITS: u32 = RowVersion::INDEX_BITS;
 
     pub fn new(seq: i64, index: i32) -> Self {
         Self { seq, index }
@@ -203,14 +203,14 @@ impl<'a, K> Context<'a, K> {
 #[derive(Debug)]
 pub struct Flush<'a, M: ReadModel> {
     user_id: &'a str,
-    touched: &'a BTreeMap<M::Key, (ChangeId, Stream)>,
+    touched: &'a BTreeMap<M::Key, RowVersion>,
     rows: &'a mut BTreeMap<M::Key, M>,
 }
 
 impl<'a, M: ReadModel> Flush<'a, M> {
     pub(crate) fn new(
         user_id: &'a str,
-        touched: &'a BTreeMap<M::Key, (ChangeId, Stream)>,
+        touched: &'a BTreeMap<M::Key, RowVersion>,
         rows: &'a mut BTreeMap<M::Key, M>,
     ) -> Self {
         Self {
@@ -252,6 +252,12 @@ impl<'a, M: ReadModel> Flush<'a, M> {
 /// of every batch that touched a row of the user. It versions every row by the newest
 /// change that touched it and reports the user's progress after every batch, whether or
 /// not a row changed. Outputs must be deterministic functions of the state.
+///
+/// A read model of both streams (samples and events) sees them interleaved in an order
+/// that changes between runs (batch boundaries, replays). Its state after applying a
+/// prefix of each stream must not depend on that order (keep the current samples and
+/// events and derive from them; reject a record only for what it holds itself), because a
+/// row's version is the pair of prefixes (`RowVersion`).
 pub trait Processor: Send + Sync + std::fmt::Debug + 'static {
     /// Stable name: names the changelog topic (`changelog.<NAME>.v1`) and the metrics.
     /// Renaming it starts the processor from empty state.

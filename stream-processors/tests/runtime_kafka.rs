@@ -202,10 +202,68 @@ async fn two_instances_one_leaving_mid_stream_equal_the_oracle() {
     env.produce(&third).await;
     let all: Vec<_> = first.into_iter().chain(second).chain(third).collect();
     env.assert_converges(&all, CONVERGE).await;
-    wait_for("b owns every partition", CONVERGE, || {
-        b.status().assigned().len() == 6
+    // Both input topics, partition for partition (co-partitioned: a user's samples and
+    // events meet in one instance).
+    wait_for("b owns every partition of both inputs", CONVERGE, || {
+        let assigned = b.status().assigned();
+        let numbers: std::collections::BTreeSet<i32> = assigned.iter().map(|(_, p)| *p).collect();
+        assigned.len() == 12 && numbers.len() == 6
     })
     .await;
+    b.shutdown().await.unwrap();
+}
+
+/// Samples and events interleaved, on two co-partitioned topics, through two instances
+/// of which one leaves: each user's samples and events meet in one instance, and both
+/// impact read models equal the brute-force oracle.
+#[tokio::test]
+async fn impacts_over_both_streams_and_a_rebalance_equal_the_oracle() {
+    use pulseline_schemas::records::{ProductImpactUpsert, SessionImpactUpsert};
+    use pulseline_stream_processors::testing::{
+        ImpactGen, Oracle, ProductImpactsOracle, SessionImpactsOracle,
+    };
+    let env = Env::new("impacts").await;
+    let inputs = ImpactGen::new(17).stream(&["user-a", "user-b", "user-c", "user-d"], 2400);
+    let (first, rest) = inputs.split_at(inputs.len() / 2);
+    let a = start(env.config("a"), Faults::default());
+    let b = start(env.config("b"), Faults::default());
+    env.produce_inputs(first).await;
+    wait_for("both instances assigned", CONVERGE, || {
+        !a.status().assigned().is_empty() && !b.status().assigned().is_empty()
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    env.produce_inputs(rest).await;
+    let want_sessions = SessionImpactsOracle.expected(&inputs);
+    let want_products = ProductImpactsOracle.expected(&inputs);
+    assert!(want_sessions.len() > 20 && !want_products.is_empty());
+    let deadline = std::time::Instant::now() + CONVERGE;
+    loop {
+        let sessions: std::collections::BTreeMap<_, _> = env
+            .read_model::<SessionImpactUpsert>()
+            .await
+            .iter()
+            .map(|(k, r)| (k.clone(), SessionImpactsOracle.observe(r)))
+            .collect();
+        let products: std::collections::BTreeMap<_, _> = env
+            .read_model::<ProductImpactUpsert>()
+            .await
+            .iter()
+            .map(|(k, r)| (k.clone(), ProductImpactsOracle.observe(r)))
+            .collect();
+        let mut problems = SessionImpactsOracle.diff(&sessions, &want_sessions);
+        problems.extend(ProductImpactsOracle.diff(&products, &want_products));
+        if problems.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} differences from the oracle:\n{}",
+            problems.len(),
+            problems[..problems.len().min(10)].join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     b.shutdown().await.unwrap();
 }
 

@@ -3,6 +3,7 @@
 //! envelope in `error.rs`, nowhere else.
 
 mod health;
+mod impacts;
 pub mod model;
 mod rollups;
 mod sleep;
@@ -70,12 +71,18 @@ impl AppState {
     paths(
         rollups::get_rollups,
         sleep::get_sleep,
+        impacts::get_sessions,
+        impacts::get_products,
     ),
     components(schemas(
         model::RollupsAnswer,
         model::RollupPoint,
         model::SleepAnswer,
         model::SleepNight,
+        model::SessionImpactsAnswer,
+        model::SessionImpact,
+        model::ProductImpactsAnswer,
+        model::ProductImpact,
         model::Freshness,
         model::StreamFreshness,
         model::FreshnessStatus,
@@ -103,6 +110,8 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/v1/me/rollups", get(rollups::get_rollups))
         .route("/v1/me/sleep", get(sleep::get_sleep))
+        .route("/v1/me/impacts/sessions", get(impacts::get_sessions))
+        .route("/v1/me/impacts/products", get(impacts::get_products))
         .merge(ops)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);

@@ -130,3 +130,80 @@ pub struct SleepNight {
     /// Sources whose samples won at least one moment of the main sleep.
     pub sources: Vec<String>,
 }
+
+/// `GET /v1/me/impacts/sessions` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionImpactsAnswer {
+    /// One entry per event and metric with a sample in either window, by event start
+    /// (oldest first), then metric.
+    pub data: Vec<SessionImpact>,
+    /// Over both input streams: samples and events.
+    pub freshness: Freshness,
+}
+
+/// How one metric responded to one logged event: its mean in the baseline window before
+/// the event (`[startAt - 60 min, startAt)` by default) against the window after it
+/// (`[endAt, endAt + 120 min)`, from `startAt` for an event without an end).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionImpact {
+    pub event_id: String,
+    /// caffeine, alcohol, medication, meal, workout, meditation or custom.
+    pub event_type: String,
+    pub product_id: Option<String>,
+    /// UTC instant, RFC 3339 with `Z`.
+    pub start_at: String,
+    /// UTC instant, RFC 3339 with `Z`; null for an event without an end.
+    pub end_at: Option<String>,
+    /// The metric code (`HEART_RATE`), in its canonical unit.
+    pub metric: String,
+    /// Mean of the samples starting in the baseline window; null without one.
+    pub baseline_avg: Option<f64>,
+    /// Mean of the samples starting in the after window; null without one.
+    pub after_avg: Option<f64>,
+    /// 100 × (after − baseline) / baseline, to 2 decimals; null when a window has no
+    /// sample or the baseline is 0.
+    pub delta_percent: Option<f64>,
+    pub baseline_count: i64,
+    pub after_count: i64,
+    /// Each window has at least 3 samples covering at least half of it, and no other
+    /// event starts between the baseline's start and the after window's end.
+    pub reliable: bool,
+}
+
+/// `GET /v1/me/impacts/products` answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductImpactsAnswer {
+    /// One entry per product (or event type, for events without a product) and metric,
+    /// by event type, product, then metric.
+    pub data: Vec<ProductImpact>,
+    /// Over both input streams: samples and events.
+    pub freshness: Freshness,
+}
+
+/// A user's average response to a product (or an event type) in one metric over the
+/// `periodDays` days ending at `asOf`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductImpact {
+    /// Null for the events of `eventType` logged without a product.
+    pub product_id: Option<String>,
+    pub event_type: String,
+    pub metric: String,
+    /// 30 or 90.
+    pub period_days: i32,
+    /// Reliable sessions with a `deltaPercent` in the period.
+    pub n: i64,
+    /// Mean of their `deltaPercent`, to 2 decimals; null when `n` is 0.
+    pub avg_delta_percent: Option<f64>,
+    /// Sample standard deviation of their `deltaPercent`, to 2 decimals; null below 2.
+    pub std_dev: Option<f64>,
+    /// INSUFFICIENT (n < 3), LOW (3–5), MEDIUM (6–11), HIGH (n ≥ 12 with at least 75 % of
+    /// the deltas of one sign; otherwise MEDIUM).
+    pub tier: String,
+    /// The period's end: the latest start time of any event the user logged (UTC, RFC
+    /// 3339 with `Z`). Event time, not the time of the request.
+    pub as_of: String,
+}

@@ -1,12 +1,14 @@
 //! The processors, and the one list that registers them. Adding a read model: one file
 //! here implementing `Processor`, plus one line in `registry` (see stream-processors/README.md).
 
+pub mod impact;
 pub mod priority;
 pub mod rollups;
 pub mod sleep;
 
 use crate::engine::{DynProcessor, register};
 
+pub use self::impact::{ImpactConfig, ProductImpacts, SessionImpacts};
 pub use self::priority::SourcePriority;
 pub use self::rollups::Rollups;
 pub use self::sleep::SleepNights;
@@ -16,6 +18,8 @@ pub use self::sleep::SleepNights;
 pub struct ProcessorsConfig {
     /// Source priority for overlapping sources (cumulative rollups, sleep stages).
     pub source_priority: SourcePriority,
+    /// Metrics and windows of the impact read models.
+    pub impact: ImpactConfig,
 }
 
 /// Every processor the runtime runs, in one place.
@@ -23,6 +27,8 @@ pub fn registry(config: &ProcessorsConfig) -> Vec<Box<dyn DynProcessor>> {
     vec![
         register(Rollups::new(config.source_priority.clone())),
         register(SleepNights::new(config.source_priority.clone())),
+        register(SessionImpacts::new(config.impact.clone())),
+        register(ProductImpacts::new(config.impact.clone())),
     ]
 }
 

@@ -6,13 +6,15 @@
 
 pub mod changes;
 pub mod golden;
+pub mod impact_changes;
+pub mod impact_oracle;
 pub mod sleep_changes;
 pub mod sleep_oracle;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
-use pulseline_schemas::{AvroRecord, ReadModel};
+use pulseline_schemas::{AvroRecord, ReadModel, RowVersion};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -21,6 +23,8 @@ use crate::harness::Harness;
 use crate::processor::{ChangeId, Input, Processor};
 
 pub use changes::Gen;
+pub use impact_changes::ImpactGen;
+pub use impact_oracle::{ProductImpactsOracle, SessionImpactsOracle};
 pub use sleep_changes::SleepGen;
 pub use sleep_oracle::SleepOracle;
 
@@ -82,8 +86,8 @@ where
 {
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut h = Harness::new(processor);
-    let mut last_version: BTreeMap<String, i64> = BTreeMap::new();
-    let mut seen: BTreeMap<(String, i64), P::Output> = BTreeMap::new();
+    let mut last_version: BTreeMap<String, RowVersion> = BTreeMap::new();
+    let mut seen: BTreeMap<(String, RowVersion), P::Output> = BTreeMap::new();
     let mut remember = |rows: &[P::Output]| {
         for row in rows {
             let id = (AvroRecord::key(row), row.version());
@@ -116,7 +120,12 @@ where
         }
         let (outcomes, rows) = h.batch(changes[i..i + k].iter().cloned());
         for row in rows {
-            let v = last_version.entry(AvroRecord::key(row)).or_insert(i64::MIN);
+            let v = last_version
+                .entry(AvroRecord::key(row))
+                .or_insert(RowVersion {
+                    samples: i64::MIN,
+                    events: i64::MIN,
+                });
             assert!(
                 row.version() > *v,
                 "version of {} went from {v} to {}",

@@ -96,6 +96,59 @@ impl Env {
         }
     }
 
+    /// Publishes inputs of both streams in order, each on its own topic, keyed by user.
+    pub async fn produce_inputs(&self, inputs: &[pulseline_stream_processors::Input]) {
+        use pulseline_schemas::records::UserEventChange;
+        use pulseline_stream_processors::Input;
+        let mut encoded = Vec::with_capacity(inputs.len());
+        for i in inputs {
+            let (topic, bytes) = match i {
+                Input::Sample(s) => (
+                    self.codec.topic_of::<SampleChange>(),
+                    self.codec.encode(s).await.unwrap(),
+                ),
+                Input::Event(e) => (
+                    self.codec.topic_of::<UserEventChange>(),
+                    self.codec.encode(e).await.unwrap(),
+                ),
+            };
+            encoded.push((topic, i.user_id().to_owned(), bytes));
+        }
+        let sends: Vec<_> = encoded
+            .iter()
+            .map(|(topic, user, bytes)| {
+                self.producer.send(
+                    FutureRecord::to(topic).key(user.as_bytes()).payload(bytes),
+                    Duration::from_secs(10),
+                )
+            })
+            .collect();
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| e).unwrap();
+        }
+    }
+
+    /// Read model `M` as a version-guarded sink holds it, from its topic.
+    pub async fn read_model<M: pulseline_schemas::ReadModel>(&self) -> BTreeMap<String, M> {
+        let topic = self.codec.topic_of::<M>();
+        let env = self.clone_for_blocking();
+        let raw = tokio::task::spawn_blocking(move || env.read_all(&topic))
+            .await
+            .unwrap();
+        let mut rows = Vec::with_capacity(raw.len());
+        for (_, payload, _) in raw {
+            if let ReadModelRecord::Row(row) = self
+                .codec
+                .decode_read_model::<M>(&payload.unwrap())
+                .await
+                .unwrap()
+            {
+                rows.push(row);
+            }
+        }
+        fold_read_model(&rows)
+    }
+
     /// Publishes raw bytes (poison) keyed by `user`.
     pub async fn produce_raw(&self, user: &str, bytes: &[u8]) {
         let topic = self.codec.topic_of::<SampleChange>();
