@@ -63,7 +63,7 @@ pub struct RunnerFactory {
 
 impl RunnerFactory {
     /// The runner of read model `M`: on `M`'s topic, writing to `store`.
-    pub fn runner<M: StoredReadModel>(
+    pub fn runner<M: crate::CqlReadModel>(
         &self,
         store: &crate::Store,
     ) -> Result<Arc<dyn ReadModelRunner>, SinkError> {
@@ -75,7 +75,7 @@ impl RunnerFactory {
         };
         Ok(Arc::new(SinkRunner::<M>::new(
             settings,
-            store.sink_for::<M>(),
+            store.sink_for::<M>()?,
             self.codec.clone(),
             self.telemetry.clone(),
         )?))
