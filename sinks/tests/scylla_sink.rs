@@ -185,8 +185,8 @@ async fn emulator_stores_progress_and_batches_of_progress_only() {
         .unwrap()
         .into_rows_result()
         .unwrap();
-    let rows: Vec<(i16, i64)> = progress
-        .rows::<(i16, i64)>()
+    let rows: Vec<(i32, i64)> = progress
+        .rows::<(i32, i64)>()
         .unwrap()
         .map(Result::unwrap)
         .collect();

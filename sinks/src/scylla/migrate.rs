@@ -34,7 +34,7 @@ pub(crate) fn base(target: &ScyllaTarget) -> Vec<Migration> {
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {ks}.sink_progress (read_model text, user_id uuid, \
-                 stream smallint, applied_seq bigint, PRIMARY KEY ((read_model, user_id), stream))"
+                 stream int, applied_seq bigint, PRIMARY KEY ((read_model, user_id), stream))"
             ),
         ],
     }]
@@ -142,6 +142,8 @@ mod tests {
             .collect();
         for cql in all.iter().flat_map(|m| &m.statements).chain(&bootstrap(&t)) {
             assert!(cql.contains("IF NOT EXISTS"), "{cql}");
+        }
+        for cql in all.iter().flat_map(|m| &m.statements) {
             assert!(cql.contains(" ks."), "{cql}");
         }
         assert!(bootstrap(&t)[0].contains("'replication_factor': 1"));

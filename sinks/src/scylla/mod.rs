@@ -48,7 +48,6 @@ use uuid::Uuid;
 
 use crate::error::SinkError;
 use crate::sink::{Applied, Batch, OffsetScope, Sink, SinkFor};
-use crate::tables::StoredReadModel;
 pub use plan::{RetryPolicy, write_timestamp};
 pub use settings::{ReadStoreKind, ReadStoreSettings};
 pub use tables::CqlReadModel;
@@ -472,29 +471,37 @@ impl ScyllaSink {
             cql.set_timestamp(Some(group.timestamp));
             cql_batches.push((cql, values));
         }
-        futures::stream::iter(cql_batches.iter().map(|(cql, values)| {
-            self.retried("row_batch", move || self.session.batch(cql, values))
-        }))
-        .buffer_unordered(CONCURRENCY)
-        .try_for_each(|_| async { Ok(()) })
-        .await?;
+        // Futures collected first: a lazy `map` in the stream trips the compiler's
+        // higher-ranked lifetime check for the boxed `Send` future.
+        let writes: Vec<_> = cql_batches
+            .iter()
+            .map(|(cql, values)| self.retried("row_batch", move || self.session.batch(cql, values)))
+            .collect();
+        futures::stream::iter(writes)
+            .buffer_unordered(CONCURRENCY)
+            .try_for_each(|_| async { Ok(()) })
+            .await?;
 
         // 3. Progress: the applied sequence is the cell's timestamp, so the highest wins.
         let progress = plan::progress_writes(batch);
-        futures::stream::iter(progress.iter().map(|&(user, stream, seq)| {
-            let mut statement = shared.insert_progress.clone();
-            statement.set_timestamp(Some(seq));
-            async move {
-                self.retried("progress", || {
-                    self.session
-                        .execute_unpaged(&statement, (M::NAME, user, stream, seq))
-                })
-                .await
-            }
-        }))
-        .buffer_unordered(CONCURRENCY)
-        .try_for_each(|_| async { Ok(()) })
-        .await?;
+        let writes: Vec<_> = progress
+            .iter()
+            .map(|&(user, stream, seq)| {
+                let mut statement = shared.insert_progress.clone();
+                statement.set_timestamp(Some(seq));
+                async move {
+                    self.retried("progress", || {
+                        self.session
+                            .execute_unpaged(&statement, (M::NAME, user, stream, seq))
+                    })
+                    .await
+                }
+            })
+            .collect();
+        futures::stream::iter(writes)
+            .buffer_unordered(CONCURRENCY)
+            .try_for_each(|_| async { Ok(()) })
+            .await?;
 
         // 4. The offsets, last.
         for span in &batch.spans {

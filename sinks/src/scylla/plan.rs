@@ -29,7 +29,6 @@ pub fn write_timestamp<M: StoredReadModel>(row: &StoredRow<M>) -> i64 {
 /// Rows of one partition (user) that share one write timestamp: one unlogged batch.
 #[derive(Debug)]
 pub(crate) struct RowGroup<'a, M: StoredReadModel> {
-    pub user_id: Uuid,
     pub timestamp: i64,
     pub rows: Vec<&'a StoredRow<M>>,
 }
@@ -58,10 +57,9 @@ pub(crate) fn row_groups<M: StoredReadModel>(
     let max_rows = max_rows.max(1);
     grouped
         .into_iter()
-        .flat_map(|((user_id, timestamp), rows)| {
+        .flat_map(|((_, timestamp), rows)| {
             rows.chunks(max_rows)
                 .map(|chunk| RowGroup {
-                    user_id,
                     timestamp,
                     rows: chunk.to_vec(),
                 })
@@ -71,15 +69,15 @@ pub(crate) fn row_groups<M: StoredReadModel>(
 }
 
 /// One progress cell: (user, stream id, applied sequence), written with the sequence as
-/// its timestamp.
-pub(crate) fn progress_writes<M: StoredReadModel>(batch: &Batch<M>) -> Vec<(Uuid, i16, i64)> {
+/// its timestamp. The stream id is a CQL `int` (the emulator has no `smallint`).
+pub(crate) fn progress_writes<M: StoredReadModel>(batch: &Batch<M>) -> Vec<(Uuid, i32, i64)> {
     batch
         .progress()
         .into_iter()
         .flat_map(|p| {
             M::STREAMS
                 .iter()
-                .map(move |&s| (p.user_id, s.id(), p.applied.get(s)))
+                .map(move |&s| (p.user_id, i32::from(s.id()), p.applied.get(s)))
         })
         .collect()
 }
@@ -176,7 +174,7 @@ mod tests {
         let groups = row_groups(&b, 100);
         let shape: Vec<(Uuid, i64, usize)> = groups
             .iter()
-            .map(|g| (g.user_id, g.timestamp, g.rows.len()))
+            .map(|g| (g.rows[0].user_id, g.timestamp, g.rows.len()))
             .collect();
         assert_eq!(
             shape,
@@ -189,7 +187,7 @@ mod tests {
         );
         // Every row of a group is of its partition and has its timestamp.
         for g in &groups {
-            assert!(g.rows.iter().all(|r| r.user_id == g.user_id));
+            assert!(g.rows.iter().all(|r| r.user_id == g.rows[0].user_id));
             assert!(g.rows.iter().all(|r| write_timestamp(*r) == g.timestamp));
         }
     }
