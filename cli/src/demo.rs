@@ -69,7 +69,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
-    pulseline_schemas::kafka::check_env()?;
     let producer: FutureProducer = pulseline_schemas::kafka::client_config()
         .set("bootstrap.servers", &args.kafka_bootstrap)
         .set("enable.idempotence", "true")

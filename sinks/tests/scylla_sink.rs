@@ -31,7 +31,7 @@ fn keyspace() -> String {
     format!("t_{}", Uuid::new_v4().simple())
 }
 
-fn column<'r>(row: &'r Row, index: usize) -> Option<&'r CqlValue> {
+fn column(row: &Row, index: usize) -> Option<&CqlValue> {
     row.columns.get(index).and_then(Option::as_ref)
 }
 
