@@ -20,16 +20,18 @@ locals {
   }
 
   environment = [for k, v in {
-    PULSELINE_DATABASE_URL            = "postgres://pulseline@${aws_db_instance.this.endpoint}/pulseline?sslmode=require"
-    PULSELINE_KAFKA_BOOTSTRAP         = aws_msk_cluster.this.bootstrap_brokers_tls
-    PULSELINE_KAFKA_SECURITY_PROTOCOL = "ssl"
-    PULSELINE_SCHEMA_REGISTRY_URL     = var.schema_registry_url
-    PULSELINE_TOPIC_PREFIX            = ""
-    PULSELINE_GATEWAY_ADDR            = "0.0.0.0:8080"
-    PULSELINE_RELAY_METRICS_ADDR      = "0.0.0.0:9101"
-    PULSELINE_ENV                     = "production"
-    PULSELINE_SCYLLA_URI              = var.scylla_uri
-    RUST_LOG                          = "info"
+    PULSELINE_DATABASE_URL              = "postgres://pulseline@${aws_db_instance.this.endpoint}/pulseline?sslmode=require"
+    PULSELINE_KAFKA_BOOTSTRAP           = aws_msk_cluster.this.bootstrap_brokers_tls
+    PULSELINE_KAFKA_SECURITY_PROTOCOL   = "ssl"
+    PULSELINE_SCHEMA_REGISTRY_URL       = var.schema_registry_url
+    PULSELINE_TOPIC_PREFIX              = ""
+    PULSELINE_GATEWAY_ADDR              = "0.0.0.0:8080"
+    PULSELINE_RELAY_METRICS_ADDR        = "0.0.0.0:9101"
+    PULSELINE_ENV                       = "production"
+    PULSELINE_SCYLLA_URI                = var.scylla_uri
+    PULSELINE_SCYLLA_KEYSPACE           = "pulseline"
+    PULSELINE_SCYLLA_REPLICATION_FACTOR = "3"
+    RUST_LOG                            = "info"
   } : { name = k, value = v }]
 
   secrets = [

@@ -8,7 +8,6 @@ use anyhow::{Context, ensure};
 use clap::Args;
 use pulseline_schemas::records::SampleChange;
 use pulseline_schemas::{AvroCodec, AvroRecord, Catalog, Operation, topics};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -70,11 +69,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
-    let producer: FutureProducer = ClientConfig::new()
+    let producer: FutureProducer = pulseline_schemas::kafka::client_config()
         .set("bootstrap.servers", &args.kafka_bootstrap)
         .set("enable.idempotence", "true")
         .create()?;
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: StreamConsumer = pulseline_schemas::kafka::client_config()
         .set("bootstrap.servers", &args.kafka_bootstrap)
         // Partitions are assigned by hand below; the group id is required but never joined.
         .set("group.id", format!("{}demo-reader", args.topic_prefix))

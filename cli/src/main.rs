@@ -22,7 +22,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // Both commands talk to Kafka: a bad security setting stops them here, by name.
+    pulseline_schemas::kafka::check_env()?;
+    match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Demo(args) => demo::run(args).await,
     }

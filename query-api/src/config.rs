@@ -40,6 +40,10 @@ pub struct Config {
     #[arg(long, env = env::DATABASE_URL, default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
+    /// Where the read models are (`PULSELINE_READ_STORE`): only `postgres` is served yet.
+    #[command(flatten)]
+    pub store: pulseline_sinks::scylla::ReadStoreSettings,
+
     /// `development` or `production`; production refuses the development JWT secret.
     #[arg(long = "env", env = env::ENV, value_enum, default_value_t = Environment::Development)]
     pub environment: Environment,
@@ -83,6 +87,7 @@ impl Default for Config {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             database_url: DEFAULT_DATABASE_URL.to_owned(),
+            store: Default::default(),
             environment: Environment::Development,
             jwt_secret: DEV_JWT_SECRET.to_owned(),
             jwt_jwks_file: None,
@@ -101,6 +106,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), QueryError> {
         let bad = |msg: &str| Err(QueryError::Config(msg.to_owned()));
         check_jwt_secret(self.environment, &self.jwt_secret).or_else(bad)?;
+        if self.store.read_store != pulseline_sinks::scylla::ReadStoreKind::Postgres {
+            return bad(
+                "PULSELINE_READ_STORE=scylla: the query API reads only from Postgres so far \
+                 (the sink can write to Scylla); use postgres",
+            );
+        }
         if self.max_days_day == 0 || self.max_days_hour == 0 {
             return bad("the longest ranges must be at least one day");
         }
@@ -126,6 +137,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("addr", &self.addr)
             .field("database_url", &redact_url(&self.database_url))
+            .field("read_store", &self.store.read_store)
             .field("environment", &self.environment)
             .field("jwt_secret", &secret)
             .field("jwt_jwks_file", &self.jwt_jwks_file)
@@ -174,5 +186,17 @@ mod tests {
         let printed = format!("{c:?}");
         assert!(!printed.contains("super-secret"), "{printed}");
         assert!(!printed.contains("hunter2"), "{printed}");
+    }
+
+    #[test]
+    fn reading_from_scylla_is_refused_clearly_until_it_is_built() {
+        let c = Config::parse_from(["pulseline-query-api", "--read-store", "scylla"]);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("PULSELINE_READ_STORE=scylla"), "{e}");
+        assert!(
+            Config::parse_from(["pulseline-query-api"])
+                .validate()
+                .is_ok()
+        );
     }
 }

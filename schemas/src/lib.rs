@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod dead_letter;
+pub mod kafka;
 pub mod readmodel;
 pub mod records;
 pub mod topics;

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::Deserialize;
 
@@ -101,7 +100,7 @@ pub fn prefixed(prefix: &str, name: &str) -> String {
 /// Creates every topic of `topics.toml` under `prefix` that does not exist yet, and waits
 /// until the broker reports each of them. Safe to call from every service at start-up.
 pub async fn ensure_all(bootstrap: &str, prefix: &str) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin: AdminClient<DefaultClientContext> = crate::kafka::client_config()
         .set("bootstrap.servers", bootstrap)
         .create()?;
     let names: Vec<String> = all().iter().map(|t| prefixed(prefix, &t.name)).collect();

@@ -35,13 +35,19 @@ pub struct SinkApplication {
 impl SinkApplication {
     pub async fn build(config: SinkConfig) -> Result<Self, SinkError> {
         config.validate()?;
-        let store = crate::open(&config.database_url, config.db_pool_size).await?;
+        let store = crate::open(&config.store_url(), config.db_pool_size).await?;
         if config.create_topics {
             topics::ensure_all(&config.kafka_bootstrap, &config.topic_prefix).await?;
         }
         let codec = AvroCodec::new(&config.schema_registry_url, &config.topic_prefix)?;
         let telemetry = SinkTelemetry::new()
             .map_err(|e| SinkError::Startup(format!("metrics registry: {e}")))?;
+        if let crate::Store::Scylla(scylla) = &store {
+            scylla
+                .metrics()
+                .register(telemetry.registry())
+                .map_err(|e| SinkError::Startup(format!("metrics registry: {e}")))?;
+        }
         let factory = RunnerFactory {
             settings: RunnerSettings {
                 kafka_bootstrap: config.kafka_bootstrap.clone(),

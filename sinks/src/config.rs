@@ -28,9 +28,14 @@ const GROUP_SUFFIX: &str = "pulseline-sink";
     about = "pulseline read-model sink: rollups topic -> read store"
 )]
 pub struct SinkConfig {
-    /// The read store; its scheme chooses the engine (`postgres://`; `scylla://` later).
+    /// The Postgres read store (and the URL used when `read_store` is `postgres`); a
+    /// `scylla://` URL here also works.
     #[arg(long, env = env::DATABASE_URL, default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
+
+    /// Postgres or Scylla (`PULSELINE_READ_STORE`, `PULSELINE_SCYLLA_*`).
+    #[command(flatten)]
+    pub store: crate::scylla::ReadStoreSettings,
 
     /// Kafka bootstrap servers.
     #[arg(long, env = env::KAFKA_BOOTSTRAP, default_value = DEFAULT_KAFKA_BOOTSTRAP)]
@@ -83,6 +88,7 @@ impl Default for SinkConfig {
     fn default() -> Self {
         Self {
             database_url: DEFAULT_DATABASE_URL.to_owned(),
+            store: Default::default(),
             kafka_bootstrap: DEFAULT_KAFKA_BOOTSTRAP.to_owned(),
             schema_registry_url: DEFAULT_SCHEMA_REGISTRY_URL.to_owned(),
             topic_prefix: String::new(),
@@ -130,6 +136,11 @@ impl SinkConfig {
         format!("{}.{read_model}", self.group_base())
     }
 
+    /// The URL `crate::open` gets: the chosen read store's.
+    pub fn store_url(&self) -> String {
+        self.store.url(&self.database_url)
+    }
+
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
     }
@@ -140,6 +151,7 @@ impl fmt::Debug for SinkConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SinkConfig")
             .field("database_url", &redact_url(&self.database_url))
+            .field("store", &self.store)
             .field("kafka_bootstrap", &self.kafka_bootstrap)
             .field("schema_registry_url", &self.schema_registry_url)
             .field("topic_prefix", &self.topic_prefix)

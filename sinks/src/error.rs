@@ -10,6 +10,10 @@ pub enum SinkError {
     /// The read store failed (connection lost, statement failed).
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The Scylla store failed; `retryable` says whether the same statement can succeed
+    /// later (a timeout or an unreachable node) or never will.
+    #[error("scylla: {message}")]
+    Scylla { message: String, retryable: bool },
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("kafka: {0}")]
@@ -43,6 +47,7 @@ impl SinkError {
                     | sqlx::Error::TypeNotFound { .. }
             ),
             SinkError::Kafka(_) | SinkError::OffsetConflict { .. } => true,
+            SinkError::Scylla { retryable, .. } => *retryable,
             SinkError::Schemas(e) => e.is_retryable(),
             SinkError::Config(_) | SinkError::Migrate(_) | SinkError::Startup(_) => false,
         }

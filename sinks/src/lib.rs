@@ -1,9 +1,10 @@
 //! Read-model sinks: versioned upserts from the read-model topics into a read store,
-//! exactly once. Postgres (the embedded default) is built; ScyllaDB and the Parquet export
-//! are not yet.
+//! exactly once. Postgres (the embedded default) and ScyllaDB (scale-out) are built; the
+//! Parquet export is not yet.
 //!
 //! - `sink`: the `Sink` trait (one implementation per engine) and the rows it is fed.
 //! - `postgres`: `PostgresSink` and its migrations (versions 1001+).
+//! - `scylla`: `ScyllaSink`, its CQL tables (`CqlReadModel`) and keyspace migrations.
 //! - `runner`: the consumer that feeds a sink, with offsets kept in the store.
 //! - `app`/`config`: the `pulseline-sink` process.
 //!
@@ -15,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod postgres;
 pub mod runner;
+pub mod scylla;
 pub mod sink;
 pub mod tables;
 pub mod telemetry;
@@ -30,6 +32,7 @@ pub use config::SinkConfig;
 pub use error::SinkError;
 pub use postgres::PostgresSink;
 pub use runner::{ReadModelRunner, RunnerSettings, SinkRunner};
+pub use scylla::{CqlReadModel, ScyllaSink};
 pub use sink::{
     Applied, Batch, InvalidRecord, Item, OffsetScope, PartitionSpan, Sink, SinkFor, StoredRow,
     UserProgress,
@@ -40,6 +43,7 @@ pub use tables::StoredReadModel;
 #[derive(Debug, Clone)]
 pub enum Store {
     Postgres(Arc<PostgresSink>),
+    Scylla(Arc<ScyllaSink>),
 }
 
 impl Store {
@@ -47,14 +51,20 @@ impl Store {
     pub fn sink(&self) -> Arc<dyn Sink> {
         match self {
             Store::Postgres(pg) => pg.clone(),
+            Store::Scylla(s) => s.clone(),
         }
     }
 
-    /// The store as a writer of read model `M`.
-    pub fn sink_for<M: StoredReadModel>(&self) -> Arc<dyn SinkFor<M>> {
-        match self {
+    /// The store as a writer of read model `M`; refuses a read model the engine cannot
+    /// keep (Scylla: one joining several streams).
+    pub fn sink_for<M: CqlReadModel>(&self) -> Result<Arc<dyn SinkFor<M>>, SinkError> {
+        Ok(match self {
             Store::Postgres(pg) => pg.clone(),
-        }
+            Store::Scylla(s) => {
+                scylla::check_read_model::<M>()?;
+                s.clone()
+            }
+        })
     }
 }
 
@@ -67,11 +77,9 @@ pub async fn open(url: &str, pool_size: u32) -> Result<Store, SinkError> {
             sink.migrate().await?;
             Ok(Store::Postgres(Arc::new(sink)))
         }
-        "scylla" | "cql" => Err(SinkError::Config(
-            "the ScyllaDB sink is not built yet; use a postgres:// URL".into(),
-        )),
+        "scylla" | "cql" => Ok(Store::Scylla(Arc::new(ScyllaSink::open(url).await?))),
         _ => Err(SinkError::Config(format!(
-            "unsupported read-store URL scheme `{scheme}` (expected postgres://)"
+            "unsupported read-store URL scheme `{scheme}` (expected postgres:// or scylla://)"
         ))),
     }
 }
@@ -82,10 +90,40 @@ pub fn read_model_runners(
     store: &Store,
     make: &runner::RunnerFactory,
 ) -> Result<Vec<Arc<dyn ReadModelRunner>>, SinkError> {
-    Ok(vec![
-        make.runner::<RollupUpsert>(store)?,
-        make.runner::<SleepNightUpsert>(store)?,
-        make.runner::<SessionImpactUpsert>(store)?,
-        make.runner::<ProductImpactUpsert>(store)?,
-    ])
+    let mut runners = Runners::new(store, make);
+    runners.add::<RollupUpsert>()?;
+    runners.add::<SleepNightUpsert>()?;
+    runners.add::<SessionImpactUpsert>()?;
+    runners.add::<ProductImpactUpsert>()?;
+    Ok(runners.list)
+}
+
+/// The runners of the read models a store can keep. A read model the store refuses (the
+/// Scylla store and read models of two streams) is left out with a warning, so the
+/// others still run; its freshness then stays stale, which the query API shows.
+struct Runners<'a> {
+    store: &'a Store,
+    make: &'a runner::RunnerFactory,
+    list: Vec<Arc<dyn ReadModelRunner>>,
+}
+
+impl<'a> Runners<'a> {
+    fn new(store: &'a Store, make: &'a runner::RunnerFactory) -> Self {
+        Self {
+            store,
+            make,
+            list: Vec::new(),
+        }
+    }
+
+    fn add<M: CqlReadModel>(&mut self) -> Result<(), SinkError> {
+        if let Store::Scylla(_) = self.store
+            && let Err(why) = scylla::check_read_model::<M>()
+        {
+            tracing::warn!(read_model = M::NAME, reason = %why, "read model not stored");
+            return Ok(());
+        }
+        self.list.push(self.make.runner::<M>(self.store)?);
+        Ok(())
+    }
 }

@@ -425,11 +425,12 @@ fn parse_bucket_start(period: Period, text: &str) -> Result<NaiveDateTime, Inval
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::sink::StoredRow;
 
-    fn upsert(period: Period, bucket: &str) -> RollupUpsert {
+    /// A live STEPS bucket of the nil user, version 1 (tests change what they need).
+    pub(crate) fn upsert(period: Period, bucket: &str) -> RollupUpsert {
         RollupUpsert {
             user_id: Uuid::nil().to_string(),
             metric: "STEPS".into(),

@@ -257,10 +257,25 @@ async fn the_url_scheme_chooses_the_engine() {
     let sink = pulseline_sinks::open(&h.db.url, 1).await.unwrap().sink();
     assert_eq!(sink.engine(), "postgres");
     sink.ping().await.unwrap();
-    for url in ["scylla://127.0.0.1:9042/pulseline", "mysql://x/y"] {
+    for url in ["scylla://127.0.0.1/pulseline", "mysql://x/y"] {
         let err = pulseline_sinks::open(url, 1).await.unwrap_err();
         assert!(matches!(err, SinkError::Config(_)), "{err}");
     }
+    // A scylla:// URL opens the Scylla store (tests/scylla_sink.rs, on the emulator);
+    // with nothing listening, the failure is one a retry can cure.
+    let err = pulseline_sinks::open("scylla://127.0.0.1:1/pulseline", 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SinkError::Scylla {
+                retryable: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]

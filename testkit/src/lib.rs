@@ -5,6 +5,8 @@
 //! The stack is started by the project's scripts (`scripts/test` runs `scripts/stack up`);
 //! nothing here starts a server, and nothing here is a mock.
 
+#[cfg(feature = "cql-emulator")]
+pub mod cql_emulator;
 mod gateway_schema;
 
 use std::env;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pulseline_service::ops::Readiness;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::json;
 use tokio::sync::OnceCell;
@@ -39,7 +38,7 @@ impl BrokerProbe {
         let client = self
             .client
             .get_or_try_init(|| async {
-                ClientConfig::new()
+                pulseline_schemas::kafka::client_config()
                     .set("bootstrap.servers", &self.bootstrap)
                     .set("client.id", "pulseline-gateway-readiness")
                     .set(

@@ -7,6 +7,9 @@ use pulseline_ingest_gateway::config::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     pulseline_service::init_logging();
+    // Before any Kafka client: a bad security setting stops the service here.
+    let kafka = pulseline_schemas::kafka::check_env()?;
+    tracing::info!(kafka_security = ?kafka, "Kafka client settings");
     let config = Config::parse();
     tracing::info!(config = ?config, "starting pulseline-gateway");
     Application::build(config)

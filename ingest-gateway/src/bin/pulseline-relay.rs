@@ -9,6 +9,14 @@ use pulseline_ingest_gateway::relay::{Cli, run_cli};
 #[tokio::main]
 async fn main() -> ExitCode {
     pulseline_service::init_logging();
+    // Before any Kafka client: a bad security setting stops the service here.
+    match pulseline_schemas::kafka::check_env() {
+        Ok(kafka) => tracing::info!(kafka_security = ?kafka, "Kafka client settings"),
+        Err(e) => {
+            tracing::error!(error = %e, "pulseline-relay failed: invalid Kafka security setting");
+            return ExitCode::FAILURE;
+        }
+    }
     match run_cli(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

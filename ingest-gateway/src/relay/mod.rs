@@ -55,7 +55,6 @@ use pulseline_schemas::records::{SampleChange, UserEventChange};
 use pulseline_schemas::wire::RecordEncoder;
 use pulseline_schemas::{AvroCodec, AvroRecord, Operation, topics};
 use pulseline_service::{Backoff, OpsRouter, shutdown_signal};
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;

@@ -281,7 +281,7 @@ impl Inner {
 }
 
 pub(super) fn create_producer(config: &RelayConfig) -> Result<FutureProducer, RelayError> {
-    Ok(ClientConfig::new()
+    Ok(pulseline_schemas::kafka::client_config()
         .set("bootstrap.servers", &config.kafka_bootstrap)
         .set("client.id", "pulseline-relay")
         .set("enable.idempotence", "true")

@@ -6,6 +6,9 @@ use pulseline_sinks::{SinkApplication, SinkConfig};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     pulseline_service::init_logging();
+    // Before any Kafka client: a bad security setting stops the service here.
+    let kafka = pulseline_schemas::kafka::check_env()?;
+    tracing::info!(kafka_security = ?kafka, "Kafka client settings");
     let config = SinkConfig::parse();
     tracing::info!(config = ?config, "starting pulseline-sink");
     SinkApplication::build(config)

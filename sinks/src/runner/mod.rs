@@ -27,7 +27,7 @@ use pulseline_service::Backoff;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::error::SinkError;
@@ -63,7 +63,7 @@ pub struct RunnerFactory {
 
 impl RunnerFactory {
     /// The runner of read model `M`: on `M`'s topic, writing to `store`.
-    pub fn runner<M: StoredReadModel>(
+    pub fn runner<M: crate::CqlReadModel>(
         &self,
         store: &crate::Store,
     ) -> Result<Arc<dyn ReadModelRunner>, SinkError> {
@@ -75,7 +75,7 @@ impl RunnerFactory {
         };
         Ok(Arc::new(SinkRunner::<M>::new(
             settings,
-            store.sink_for::<M>(),
+            store.sink_for::<M>()?,
             self.codec.clone(),
             self.telemetry.clone(),
         )?))
@@ -152,7 +152,7 @@ impl<M: StoredReadModel> SinkRunner<M> {
         if settings.batch_max_records == 0 {
             return Err(SinkError::Config("batch_max_records must be > 0".into()));
         }
-        let dead_letters: FutureProducer = ClientConfig::new()
+        let dead_letters: FutureProducer = pulseline_schemas::kafka::client_config()
             .set("bootstrap.servers", &settings.kafka_bootstrap)
             .set("enable.idempotence", "true")
             .set("client.id", "pulseline-sink-dead-letters")
@@ -220,7 +220,7 @@ impl<M: StoredReadModel> SinkRunner<M> {
             runtime: Handle::current(),
             state: Mutex::new(AssignmentState::default()),
         };
-        let mut config = ClientConfig::new();
+        let mut config = pulseline_schemas::kafka::client_config();
         if let Some(id) = &self.settings.group_instance_id {
             config.set("group.instance.id", format!("{id}.{}", self.settings.topic));
         }

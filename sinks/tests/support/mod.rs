@@ -62,6 +62,7 @@ impl Harness {
     pub fn config(&self, batch_max_records: usize) -> SinkConfig {
         SinkConfig {
             database_url: self.db.url.clone(),
+            store: Default::default(),
             kafka_bootstrap: self.stack.kafka_bootstrap.clone(),
             schema_registry_url: self.stack.schema_registry_url.clone(),
             topic_prefix: self.prefix.clone(),

@@ -144,7 +144,7 @@ impl ProducerContext for DeliveryContext {
 }
 
 pub(crate) fn consumer_config(cfg: &RuntimeConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
+    let mut c = pulseline_schemas::kafka::client_config();
     c.set("bootstrap.servers", &cfg.kafka_bootstrap)
         .set("group.id", cfg.group_id())
         .set(
@@ -170,7 +170,7 @@ pub(crate) fn consumer_config(cfg: &RuntimeConfig) -> ClientConfig {
 }
 
 pub(crate) fn producer_config(cfg: &RuntimeConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
+    let mut c = pulseline_schemas::kafka::client_config();
     c.set("bootstrap.servers", &cfg.kafka_bootstrap)
         .set(
             "client.id",
@@ -206,7 +206,7 @@ impl ConsumerContext for ReaderContext {}
 
 /// A consumer outside the group that reads assigned partitions to their end (restore).
 pub(crate) fn reader_config(cfg: &RuntimeConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
+    let mut c = pulseline_schemas::kafka::client_config();
     c.set("bootstrap.servers", &cfg.kafka_bootstrap)
         .set("group.id", format!("{}-restore", cfg.group_id()))
         .set(
@@ -248,7 +248,7 @@ pub(crate) async fn ensure_changelog(
     topic: &str,
     partitions: i32,
 ) -> Result<(), RuntimeError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin: AdminClient<DefaultClientContext> = pulseline_schemas::kafka::client_config()
         .set("bootstrap.servers", &cfg.kafka_bootstrap)
         .create()?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1))

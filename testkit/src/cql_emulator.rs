@@ -1,0 +1,114 @@
+//! A CQL server in this process for the Scylla store's emulator tests: the in-memory,
+//! single-node `kassandra` engine behind a small tokio listener on a free port.
+//!
+//! It is an emulator of the wire protocol, not of Scylla: it keeps no write timestamps
+//! (the last write to arrive wins whatever `USING TIMESTAMP` says), ignores `IF`
+//! conditions, reads a clustering-key equality as `>=`, and reports no partitioner. So it
+//! proves the wiring (connect, migrations, prepared statements, batches, selects by
+//! partition key, paging), never the semantics; those tests need `SCYLLA_URI`.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+
+use futures::{SinkExt, StreamExt};
+use kassandra::KassandraSession;
+use kassandra::cql::query::QueryString;
+use kassandra::frame::request::Request;
+use kassandra::frame::response::Response;
+use kassandra::frame::{request_stream, response_sink};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A running emulator; stops when dropped.
+#[derive(Debug)]
+pub struct CqlEmulator {
+    addr: SocketAddr,
+    accept: JoinHandle<()>,
+}
+
+type Shared = Arc<Mutex<KassandraSession>>;
+
+impl CqlEmulator {
+    /// Listens on 127.0.0.1 on a free port, with an empty store.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let session: Shared = Arc::new(Mutex::new(KassandraSession::new()));
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, session.clone()));
+            }
+        });
+        Ok(Self { addr, accept })
+    }
+
+    /// `host:port`, as a contact point.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A `scylla://` URL of `keyspace` on this emulator (replication factor 1).
+    pub fn url(&self, keyspace: &str) -> String {
+        format!("scylla://{}/{keyspace}?replication_factor=1", self.addr)
+    }
+}
+
+impl Drop for CqlEmulator {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Answers one connection's requests in order until it closes.
+async fn serve(stream: TcpStream, session: Shared) {
+    let (reader, writer) = stream.into_split();
+    let mut requests = pin!(request_stream(reader));
+    let mut responses = pin!(response_sink(writer));
+    while let Some(Ok((frame, opcode, body))) = requests.next().await {
+        let response = match Request::deserialize(opcode, &body, frame.flags) {
+            Ok(request) => answer(&session, request),
+            Err(e) => Response::Error(e),
+        };
+        if responses.send((response, frame.stream)).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn answer(session: &Shared, request: Request<'_>) -> Response {
+    let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
+    let result = match request {
+        Request::StartUp(_) | Request::Register { .. } => return Response::Ready,
+        Request::Options => return Response::options(),
+        Request::Query(query) => session.process(query),
+        Request::Prepare(query) => session.prepare(topology_query(query)),
+        Request::Execute(execute) => session.execute(execute),
+        Request::Batch(batch) => session.process_batch(batch),
+        Request::AuthResponse => {
+            return Response::Error(kassandra::frame::response::error::Error::new(
+                kassandra::error::DbError::ProtocolError,
+                "the emulator does not authenticate",
+            ));
+        }
+    };
+    match result {
+        Ok(result) => Response::Result(result),
+        Err(e) => Response::Error(e),
+    }
+}
+
+/// The driver prepares `SELECT ... FROM system.local WHERE key = 'local'` to learn the
+/// topology; the engine cannot prepare that restriction, and the table has one row, so
+/// the restriction is dropped.
+fn topology_query(query: QueryString) -> QueryString {
+    match query {
+        QueryString::Select(mut select)
+            if select.table == "local" && select.keyspace.as_deref() == Some("system") =>
+        {
+            select.r#where.statements.clear();
+            QueryString::Select(select)
+        }
+        other => other,
+    }
+}
