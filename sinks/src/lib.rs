@@ -6,6 +6,7 @@
 //! - `postgres`: `PostgresSink` and its migrations (versions 1001+).
 //! - `runner`: the consumer that feeds a sink, with offsets kept in the store.
 //! - `app`/`config`: the `pulseline-sink` process.
+//! - `export`: the pseudonymised Parquet export for analysts (`pulseline-export`).
 //!
 //! This crate owns the read-model tables and the sink's offsets; it never writes the
 //! gateway's tables and never commits offsets to Kafka.
@@ -13,6 +14,7 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod postgres;
 pub mod runner;
 pub mod sink;
