@@ -283,9 +283,7 @@ impl AnalyticsEngine {
             partition_cols.push(("date".to_owned(), DataType::Date32));
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet")
-                .with_table_partition_cols(partition_cols)
-                .with_collect_stat(true)
-                .with_target_partitions(ctx.copied_config().target_partitions());
+                .with_table_partition_cols(partition_cols);
             let config = ListingTableConfig::new(url)
                 .with_listing_options(options)
                 .with_schema(spec.file_schema());

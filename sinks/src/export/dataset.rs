@@ -86,9 +86,13 @@ pub struct ExportSpec {
     pub metric: Option<&'static str>,
     /// SQL of the `date` partition value (a `date`).
     pub date: &'static str,
-    /// SQL of a timestamp that moves whenever a row changes (soft deletions included):
-    /// with the row count it tells a changed partition from an unchanged one.
+    /// SQL of a timestamp that moves whenever a row changes (soft deletions included).
     pub changed_at: &'static str,
+    /// SQL of the row's version, which only ever grows when the row changes. Its sum per
+    /// partition moves on every change even when a writer's transaction commits with a
+    /// change time older than one the exporter already saw (`now()` is the transaction's
+    /// start), which the latest change time alone would miss.
+    pub version: &'static str,
     /// Which blocked metrics withhold a row.
     pub blocking: Blocking,
     /// The exported columns, in file order (the partition columns are not in the files).
@@ -118,14 +122,15 @@ impl ExportSpec {
             .map(|c| format!("{}:{:?}:{}", c.name, c.kind, c.sql))
             .collect();
         format!(
-            "{}|{}|{:?}|{}|{:?}|{}|{}",
+            "{}|{}|{:?}|{}|{:?}|{}|{}|{}",
             self.table,
             self.metric.unwrap_or("-"),
             self.blocking,
             self.date,
             cols,
             self.order_by,
-            self.changed_at
+            self.changed_at,
+            self.version
         )
     }
 
@@ -149,14 +154,17 @@ impl ExportSpec {
         }
     }
 
-    /// Per partition: (metric, date, rows in the table tombstones included, latest change).
+    /// Per partition: (metric, date, rows in the table tombstones included, latest change,
+    /// sum of versions as text).
     pub(crate) fn fingerprint_sql(&self) -> String {
         format!(
             "SELECT {metric} AS metric, ({date})::date AS date, count(*) AS n, \
-             max({changed}) AS changed_at FROM {table} t GROUP BY 1, 2",
+             max({changed}) AS changed_at, sum(({version})::numeric)::text AS versions \
+             FROM {table} t GROUP BY 1, 2",
             metric = self.metric_sql(),
             date = self.date,
             changed = self.changed_at,
+            version = self.version,
             table = self.table,
         )
     }

@@ -23,6 +23,8 @@ impl Exported for Samples {
         metric: Some("t.metric"),
         date: SAMPLE_LOCAL_DATE,
         changed_at: "t.accepted_at",
+        // A correction or deletion takes the user's next change sequence.
+        version: "t.change_seq::numeric * 4294967296 + t.change_index",
         blocking: Blocking::ByMetric,
         columns: &[
             column("subject_id", "t.user_id::text", Kind::Pseudonym),
@@ -45,6 +47,7 @@ impl Exported for RollupUpsert {
         metric: Some("t.metric"),
         date: "t.bucket_start::date",
         changed_at: "t.updated_at",
+        version: "t.version",
         blocking: Blocking::ByMetric,
         columns: &[
             column("subject_id", "t.user_id::text", Kind::Pseudonym),
@@ -66,6 +69,7 @@ impl Exported for SleepNightUpsert {
         metric: None,
         date: "t.night",
         changed_at: "t.updated_at",
+        version: "t.version",
         blocking: Blocking::Metric("SLEEP_STAGE"),
         columns: &[
             column("subject_id", "t.user_id::text", Kind::Pseudonym),

@@ -4,8 +4,8 @@
 //!
 //! Source of truth: Postgres (the gateway's `sample` table and the read-model tables), not
 //! the topics, so the export never depends on read-model versions and always equals the
-//! current rows. Each cycle compares, per partition, the table's row count and latest
-//! change time with the manifest and rewrites the partitions that differ *whole*: the file
+//! current rows. Each cycle compares, per partition, the table's row count, latest
+//! change time and sum of row versions with the manifest and rewrites the partitions that differ *whole*: the file
 //! is written under a temporary name and renamed over the old one (an atomic replace on a
 //! local file system), so a crash leaves the old or the new file, never both, never half,
 //! and a re-export never appends. The manifest is written last; a crash before it only
@@ -194,6 +194,8 @@ pub struct PartitionEntry {
     pub source_rows: i64,
     /// Latest change time in the source table when exported (microseconds).
     pub changed_at: Option<i64>,
+    /// Sum of the source rows' versions when exported (decimal text).
+    pub versions: Option<String>,
     /// Rows in the file (0: no file, everything was deleted or blocked).
     pub rows: u64,
     pub bytes: u64,
@@ -411,6 +413,7 @@ impl Exporter {
                     date,
                     source_rows: row.try_get(2)?,
                     changed_at: changed.map(|t| t.timestamp_micros()),
+                    versions: row.try_get(4)?,
                     rows: 0,
                     bytes: 0,
                 },
@@ -422,7 +425,8 @@ impl Exporter {
             .filter(|(dir, now)| {
                 rewrite_all
                     || old.partitions.get(*dir).is_none_or(|was| {
-                        (was.source_rows, was.changed_at) != (now.source_rows, now.changed_at)
+                        (was.source_rows, was.changed_at, &was.versions)
+                            != (now.source_rows, now.changed_at, &now.versions)
                     })
             })
             .map(|(dir, _)| dir.clone())
