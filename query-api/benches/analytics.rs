@@ -102,22 +102,16 @@ async fn load_samples(pool: &sqlx::PgPool, users: usize, days: i64) -> anyhow::R
 
 /// Rollups and sleep nights from the samples, by SQL (bench data, not the processors).
 async fn derive_read_models(pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO rollup (user_id, metric, period, bucket_start, value, min, max, count, deleted, version) \
-         SELECT user_id, metric, 'DAY', date_trunc('day', (start_at AT TIME ZONE 'UTC') + tz_offset_minutes * interval '1 minute'), \
-                CASE WHEN metric = 'STEPS' THEN sum(value) ELSE avg(value) END, min(value), max(value), count(*), false, 1 \
-         FROM sample WHERE NOT deleted AND value IS NOT NULL GROUP BY 1, 2, 4",
-    )
-    .execute(pool)
-    .await?;
-    sqlx::query(
-        "INSERT INTO rollup (user_id, metric, period, bucket_start, value, min, max, count, deleted, version) \
-         SELECT user_id, metric, 'HOUR', date_trunc('hour', (start_at AT TIME ZONE 'UTC') + tz_offset_minutes * interval '1 minute'), \
-                CASE WHEN metric = 'STEPS' THEN sum(value) ELSE avg(value) END, min(value), max(value), count(*), false, 1 \
-         FROM sample WHERE NOT deleted AND value IS NOT NULL GROUP BY 1, 2, 4",
-    )
-    .execute(pool)
-    .await?;
+    for (period, unit) in [("DAY", "day"), ("HOUR", "hour")] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO rollup (user_id, metric, period, bucket_start, value, min, max, count, deleted, version) \
+             SELECT user_id, metric, '{period}', date_trunc('{unit}', (start_at AT TIME ZONE 'UTC') + tz_offset_minutes * interval '1 minute'), \
+                    CASE WHEN metric = 'STEPS' THEN sum(value) ELSE avg(value) END, min(value), max(value), count(*), false, 1 \
+             FROM sample WHERE NOT deleted AND value IS NOT NULL GROUP BY 1, 2, 4"
+        )))
+        .execute(pool)
+        .await?;
+    }
     sqlx::query(
         "INSERT INTO sleep_night (user_id, night, bed_at, wake_at, in_bed_minutes, asleep_minutes, \
          awake_minutes, awakenings, rem_minutes, deep_minutes, core_minutes, unspecified_minutes, \

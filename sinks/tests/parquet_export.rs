@@ -6,13 +6,13 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{
     Array, AsArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{Date32Type, TimestampMicrosecondType};
+use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, NaiveDate, Utc};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pulseline_sinks::export::{DEV_EXPORT_KEY, ExportConfig, Exporter, Pseudonymizer};
@@ -174,7 +174,7 @@ fn partition_of(root: &Path, file: &Path) -> (Option<String>, NaiveDate) {
     (metric, date.expect("date partition"))
 }
 
-fn batches(file: &Path) -> Vec<arrow::record_batch::RecordBatch> {
+fn batches(file: &Path) -> Vec<RecordBatch> {
     let f = std::fs::File::open(file).expect("open parquet");
     ParquetRecordBatchReaderBuilder::try_new(f)
         .expect("parquet reader")
@@ -184,7 +184,7 @@ fn batches(file: &Path) -> Vec<arrow::record_batch::RecordBatch> {
         .collect()
 }
 
-fn col<'a, T: 'static>(b: &'a arrow::record_batch::RecordBatch, name: &str) -> &'a T {
+fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
     b.column_by_name(name)
         .unwrap_or_else(|| panic!("column {name}"))
         .as_any()
@@ -192,79 +192,69 @@ fn col<'a, T: 'static>(b: &'a arrow::record_batch::RecordBatch, name: &str) -> &
         .unwrap_or_else(|| panic!("type of {name}"))
 }
 
-fn exported_samples(root: &Path) -> Vec<SampleRow> {
+/// Every row of a dataset's files, as `row` reads it (with the file's partition values),
+/// sorted.
+fn exported<T: Ord>(
+    root: &Path,
+    dataset: &str,
+    row: impl Fn(&RecordBatch, usize, Option<&str>, NaiveDate) -> T,
+) -> Vec<T> {
     let mut out = Vec::new();
-    for f in parquet_files(root, "samples") {
+    for f in parquet_files(root, dataset) {
         let (metric, date) = partition_of(root, &f);
         for b in batches(&f) {
-            assert!(b.column_by_name("user_id").is_none());
-            assert!(b.column_by_name("source_record_id").is_none());
-            let subject = col::<StringArray>(&b, "subject_id");
-            let start = col::<TimestampMicrosecondArray>(&b, "start_at");
-            let value = col::<Float64Array>(&b, "value");
-            for i in 0..b.num_rows() {
-                out.push((
-                    subject.value(i).to_owned(),
-                    metric.clone().expect("metric partition"),
-                    date,
-                    start.value(i),
-                    (!value.is_null(i)).then(|| value.value(i).to_bits()),
-                ));
+            for name in ["user_id", "source_id", "source_record_id", "metadata", "sources"] {
+                assert!(b.column_by_name(name).is_none(), "{name} exported");
             }
+            out.extend((0..b.num_rows()).map(|i| row(&b, i, metric.as_deref(), date)));
         }
     }
     out.sort();
     out
+}
+
+fn float(b: &RecordBatch, name: &str, i: usize) -> Option<u64> {
+    let v = col::<Float64Array>(b, name);
+    (!v.is_null(i)).then(|| v.value(i).to_bits())
+}
+
+fn exported_samples(root: &Path) -> Vec<SampleRow> {
+    exported(root, "samples", |b, i, metric, date| {
+        (
+            col::<StringArray>(b, "subject_id").value(i).to_owned(),
+            metric.expect("metric partition").to_owned(),
+            date,
+            col::<TimestampMicrosecondArray>(b, "start_at").value(i),
+            float(b, "value", i),
+        )
+    })
 }
 
 fn exported_rollups(root: &Path) -> Vec<RollupRow> {
-    let mut out = Vec::new();
-    for f in parquet_files(root, "rollups") {
-        let (metric, date) = partition_of(root, &f);
-        for b in batches(&f) {
-            let subject = col::<StringArray>(&b, "subject_id");
-            let start = b.column_by_name("bucket_start").expect("bucket_start");
-            let start = start.as_primitive::<TimestampMicrosecondType>();
-            let value = col::<Float64Array>(&b, "value");
-            let count = col::<Int64Array>(&b, "count");
-            for i in 0..b.num_rows() {
-                out.push((
-                    subject.value(i).to_owned(),
-                    metric.clone().expect("metric partition"),
-                    date,
-                    start.value(i),
-                    (!value.is_null(i)).then(|| value.value(i).to_bits()),
-                    count.value(i),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
+    exported(root, "rollups", |b, i, metric, date| {
+        let start = b.column_by_name("bucket_start").expect("bucket_start");
+        (
+            col::<StringArray>(b, "subject_id").value(i).to_owned(),
+            metric.expect("metric partition").to_owned(),
+            date,
+            start.as_primitive::<TimestampMicrosecondType>().value(i),
+            float(b, "value", i),
+            col::<Int64Array>(b, "count").value(i),
+        )
+    })
 }
 
 fn exported_nights(root: &Path) -> Vec<NightRow> {
-    let mut out = Vec::new();
-    for f in parquet_files(root, "sleep_nights") {
-        let (metric, date) = partition_of(root, &f);
+    exported(root, "sleep_nights", |b, i, metric, date| {
         assert!(metric.is_none(), "sleep nights partition by date only");
-        for b in batches(&f) {
-            let subject = col::<StringArray>(&b, "subject_id");
-            let night = b.column_by_name("night").expect("night");
-            let night = night.as_primitive::<Date32Type>();
-            let asleep = col::<Float64Array>(&b, "asleep_minutes");
-            for i in 0..b.num_rows() {
-                out.push((
-                    subject.value(i).to_owned(),
-                    date,
-                    night.value(i),
-                    asleep.value(i).to_bits(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
+        let night = b.column_by_name("night").expect("night");
+        (
+            col::<StringArray>(b, "subject_id").value(i).to_owned(),
+            date,
+            night.as_primitive::<Date32Type>().value(i),
+            float(b, "asleep_minutes", i).expect("asleep minutes"),
+        )
+    })
 }
 
 const NOT_BLOCKED: &str = "NOT EXISTS (SELECT 1 FROM user_privacy p WHERE p.user_id = t.user_id AND";
