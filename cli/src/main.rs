@@ -2,7 +2,6 @@
 
 mod demo;
 mod run;
-mod sql;
 
 use clap::{Parser, Subcommand};
 
@@ -19,8 +18,6 @@ enum Command {
     Run(run::RunArgs),
     /// Send sample records through Avro, the schema registry and the broker, and back.
     Demo(demo::DemoArgs),
-    /// Run one read-only SQL statement over the Parquet export (as an analyst would).
-    Sql(sql::SqlArgs),
 }
 
 #[tokio::main]
@@ -28,6 +25,5 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run::run(args).await,
         Command::Demo(args) => demo::run(args).await,
-        Command::Sql(args) => sql::run(args).await,
     }
 }

@@ -70,9 +70,6 @@ pub struct RunArgs {
     schema_registry_url: String,
     #[arg(long, env = "PULSELINE_TOPIC_PREFIX", default_value = "")]
     topic_prefix: String,
-    /// Where the run's Parquet export goes (the analysts' files).
-    #[arg(long, env = "PULSELINE_EXPORT_DIR", default_value = pulseline_sinks::export::DEFAULT_EXPORT_DIR)]
-    export_dir: String,
 }
 
 #[derive(Default)]
@@ -337,10 +334,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "  check FAILED: {mismatches} samples differ between Postgres and the clients' view"
         );
     }
-    let exported = crate::sql::export_and_show(&args.database_url, &args.export_dir).await;
-    if let Err(e) = &exported {
-        println!("  export FAILED: {e:#}");
-    }
     if args.stay_up {
         let token = &tokens[0];
         let today = Utc::now().date_naive();
@@ -372,7 +365,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         sleep_check.differing == 0,
         "sleep nights differ from the brute-force sleep oracle"
     );
-    exported.context("the Parquet export")?;
     Ok(())
 }
 

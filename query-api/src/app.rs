@@ -60,10 +60,6 @@ impl Application {
             },
             readiness_timeout: config.readiness_timeout(),
             openapi: Arc::new(api::openapi_json()),
-            analytics: crate::analytics::AnalyticsEngine::new(
-                &config.export_dir,
-                config.sql_limits(),
-            ),
         });
         Ok(Self {
             listener,

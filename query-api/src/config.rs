@@ -76,22 +76,6 @@ pub struct Config {
     /// service starts first (the sink runs the same, idempotently).
     #[arg(long, env = "PULSELINE_QUERY_MIGRATE", default_value_t = true, action = ArgAction::Set)]
     pub migrate: bool,
-
-    /// The Parquet export that `POST /v1/analytics/sql` reads (the exporter's root).
-    #[arg(long, env = "PULSELINE_EXPORT_DIR", default_value = pulseline_sinks::export::DEFAULT_EXPORT_DIR)]
-    pub export_dir: PathBuf,
-
-    /// Statement timeout of analytics SQL, in milliseconds.
-    #[arg(long, env = "PULSELINE_SQL_TIMEOUT_MS", default_value_t = 30_000)]
-    pub sql_timeout_ms: u64,
-
-    /// The largest `maxRows` an analytics statement may ask for (default answer: 10,000).
-    #[arg(long, env = "PULSELINE_SQL_MAX_ROWS", default_value_t = 100_000)]
-    pub sql_max_rows: usize,
-
-    /// Memory pool of one analytics statement, in MiB.
-    #[arg(long, env = "PULSELINE_SQL_MEMORY_MB", default_value_t = 512)]
-    pub sql_memory_mb: usize,
 }
 
 impl Default for Config {
@@ -108,10 +92,6 @@ impl Default for Config {
             db_acquire_timeout_ms: DEFAULT_DB_ACQUIRE_TIMEOUT_MS,
             readiness_timeout_ms: DEFAULT_READINESS_TIMEOUT_MS,
             migrate: true,
-            export_dir: PathBuf::from(pulseline_sinks::export::DEFAULT_EXPORT_DIR),
-            sql_timeout_ms: 30_000,
-            sql_max_rows: 100_000,
-            sql_memory_mb: 512,
         }
     }
 }
@@ -124,23 +104,10 @@ impl Config {
         if self.max_days_day == 0 || self.max_days_hour == 0 {
             return bad("the longest ranges must be at least one day");
         }
-        if self.sql_timeout_ms == 0 || self.sql_max_rows == 0 || self.sql_memory_mb == 0 {
-            return bad("the SQL timeout, row maximum and memory limit must be > 0");
-        }
         if self.db_pool_size == 0 {
             return bad("the pool size must be > 0");
         }
         Ok(())
-    }
-
-    /// The analytics engine's limits.
-    pub fn sql_limits(&self) -> crate::analytics::SqlLimits {
-        crate::analytics::SqlLimits {
-            timeout: Duration::from_millis(self.sql_timeout_ms),
-            max_rows: self.sql_max_rows,
-            memory_bytes: self.sql_memory_mb.saturating_mul(1024 * 1024),
-            target_partitions: 0,
-        }
     }
 
     pub fn db_acquire_timeout(&self) -> Duration {
@@ -168,10 +135,6 @@ impl fmt::Debug for Config {
             .field("db_acquire_timeout_ms", &self.db_acquire_timeout_ms)
             .field("readiness_timeout_ms", &self.readiness_timeout_ms)
             .field("migrate", &self.migrate)
-            .field("export_dir", &self.export_dir)
-            .field("sql_timeout_ms", &self.sql_timeout_ms)
-            .field("sql_max_rows", &self.sql_max_rows)
-            .field("sql_memory_mb", &self.sql_memory_mb)
             .finish()
     }
 }

@@ -43,12 +43,6 @@ pub enum QueryError {
     /// Start-up failures: binding, migrations, reading the JWKS file.
     #[error("start-up: {0}")]
     Startup(String),
-    /// The caller's role may not use this route.
-    #[error("forbidden: {0}")]
-    Forbidden(&'static str),
-    /// A SQL statement refused or failed (`crate::analytics`); the code names why.
-    #[error(transparent)]
-    Sql(#[from] crate::analytics::SqlError),
     /// A condition nobody anticipated: a bug, logged with its cause, answered with 500.
     #[error("internal: {0}")]
     Internal(String),
@@ -85,8 +79,6 @@ impl QueryError {
             QueryError::NotFound => "NOT_FOUND",
             QueryError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             QueryError::Unavailable { .. } => "UNAVAILABLE",
-            QueryError::Forbidden(_) => "FORBIDDEN",
-            QueryError::Sql(e) => e.code(),
             QueryError::Config(_) | QueryError::Startup(_) | QueryError::Internal(_) => "INTERNAL",
         }
     }
@@ -97,11 +89,6 @@ impl QueryError {
             QueryError::UnknownMetric(_) | QueryError::NotFound => StatusCode::NOT_FOUND,
             QueryError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             QueryError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            QueryError::Forbidden(_) => StatusCode::FORBIDDEN,
-            QueryError::Sql(crate::analytics::SqlError::Internal(_)) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            QueryError::Sql(_) => StatusCode::BAD_REQUEST,
             QueryError::Config(_) | QueryError::Startup(_) | QueryError::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -115,10 +102,9 @@ impl QueryError {
             QueryError::Unavailable { .. } => {
                 "a dependency of the service (its database) is unavailable; retry later".into()
             }
-            QueryError::Config(_)
-            | QueryError::Startup(_)
-            | QueryError::Internal(_)
-            | QueryError::Sql(crate::analytics::SqlError::Internal(_)) => "internal error".into(),
+            QueryError::Config(_) | QueryError::Startup(_) | QueryError::Internal(_) => {
+                "internal error".into()
+            }
             other => other.to_string(),
         }
     }
@@ -127,15 +113,6 @@ impl QueryError {
         match self {
             QueryError::InvalidParameter { details, .. } => details.clone(),
             QueryError::UnknownMetric(metric) => json!({ "metric": metric }),
-            QueryError::Sql(crate::analytics::SqlError::MaxRows { max }) => {
-                json!({ "parameter": "maxRows", "max": max })
-            }
-            QueryError::Sql(crate::analytics::SqlError::Timeout(t)) => {
-                json!({ "limit": "timeout", "timeoutMs": t.as_millis() as u64 })
-            }
-            QueryError::Sql(crate::analytics::SqlError::MemoryLimit { limit_mb, .. }) => {
-                json!({ "limit": "memory", "memoryLimitMb": limit_mb })
-            }
             QueryError::Unavailable { details, .. } => {
                 let mut d = details.clone().unwrap_or_else(|| json!({}));
                 if let Some(obj) = d.as_object_mut() {

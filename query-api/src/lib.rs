@@ -3,11 +3,8 @@
 //!
 //! It reads the sink's tables and the gateway's sequences and writes nothing (apart from
 //! running the sink's idempotent migrations at start). A caller only ever reads rows of
-//! the user id in their token. Analysts (role `analyst`) run read-only SQL over the
-//! pseudonymised Parquet export (`analytics`, `POST /v1/analytics/sql`); share tokens are
-//! not built yet.
+//! the user id in their token. Share tokens and analyst SQL over Parquet are not built yet.
 
-pub mod analytics;
 pub mod api;
 pub mod app;
 pub mod config;

@@ -2,7 +2,6 @@
 //! metrics) and the OpenAPI document. Handlers live in the submodules; errors become the
 //! envelope in `error.rs`, nowhere else.
 
-mod analytics;
 mod health;
 pub mod model;
 mod rollups;
@@ -13,7 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::{get, post};
+use axum::routing::get;
 use pulseline_service::OpsRouter;
 use pulseline_service::auth::JwtVerifier;
 use pulseline_service::http::{BearerAuth, observe};
@@ -39,7 +38,6 @@ pub struct Shared {
     pub limits: RangeLimits,
     pub readiness_timeout: Duration,
     pub openapi: Arc<String>,
-    pub analytics: crate::analytics::AnalyticsEngine,
 }
 
 impl std::ops::Deref for AppState {
@@ -72,7 +70,6 @@ impl AppState {
     paths(
         rollups::get_rollups,
         sleep::get_sleep,
-        analytics::post_sql,
     ),
     components(schemas(
         model::RollupsAnswer,
@@ -82,9 +79,6 @@ impl AppState {
         model::Freshness,
         model::StreamFreshness,
         model::FreshnessStatus,
-        analytics::SqlRequest,
-        crate::analytics::SqlAnswer,
-        crate::analytics::SqlColumn,
         pulseline_service::http::ErrorEnvelope,
         pulseline_service::http::ErrorBody,
     )),
@@ -109,7 +103,6 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/v1/me/rollups", get(rollups::get_rollups))
         .route("/v1/me/sleep", get(sleep::get_sleep))
-        .route("/v1/analytics/sql", post(analytics::post_sql))
         .merge(ops)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);

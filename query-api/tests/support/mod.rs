@@ -19,8 +19,6 @@ pub struct TestApp {
     pub pool: PgPool,
     pub client: reqwest::Client,
     server: JoinHandle<()>,
-    /// This app's Parquet export root (`PULSELINE_EXPORT_DIR`).
-    pub export: tempfile::TempDir,
     // Dropped last: the database outlives the server and the pool.
     pub db: TestDatabase,
 }
@@ -46,11 +44,9 @@ pub async fn spawn_app_with(with_gateway_tables: bool) -> TestApp {
         // neither the gateway's code nor a copy of its schema.
         create_gateway_tables(&pool).await;
     }
-    let export = tempfile::tempdir().expect("export directory");
     let config = Config {
         addr: "127.0.0.1:0".parse().expect("address"),
         database_url: db.url.clone(),
-        export_dir: export.path().to_path_buf(),
         ..Config::default()
     };
     let application = Application::build(config.clone())
@@ -66,7 +62,6 @@ pub async fn spawn_app_with(with_gateway_tables: bool) -> TestApp {
         pool,
         client: reqwest::Client::new(),
         server,
-        export,
         db,
     }
 }
