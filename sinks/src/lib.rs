@@ -1,6 +1,6 @@
 //! Read-model sinks: versioned upserts from the read-model topics into a read store,
-//! exactly once. Postgres (the embedded default) is built; ScyllaDB and the Parquet export
-//! are not yet.
+//! exactly once. Postgres (the embedded default) is built; ScyllaDB is not yet. The
+//! pseudonymised Parquet export for analysts reads the same tables (`export`).
 //!
 //! - `sink`: the `Sink` trait (one implementation per engine) and the rows it is fed.
 //! - `postgres`: `PostgresSink` and its migrations (versions 1001+).

@@ -171,12 +171,12 @@ impl fmt::Debug for ExportConfig {
 
 /// Opens the export root a setting names: a local directory (created if missing).
 pub fn open_root(root: &str) -> Result<Arc<dyn ObjectStore>, ExportError> {
-    if let Some((scheme, _)) = root.split_once("://") {
-        if scheme != "file" {
-            return Err(ExportError::Config(format!(
-                "export root scheme `{scheme}://` is not built yet; use a local directory"
-            )));
-        }
+    if let Some((scheme, _)) = root.split_once("://")
+        && scheme != "file"
+    {
+        return Err(ExportError::Config(format!(
+            "export root scheme `{scheme}://` is not built yet; use a local directory"
+        )));
     }
     let dir = PathBuf::from(root.strip_prefix("file://").unwrap_or(root));
     std::fs::create_dir_all(&dir)
