@@ -109,12 +109,21 @@ impl Fixture {
     async fn seed(&self) {
         let [a, b] = self.users;
         for (u, tag) in [(a, "a"), (b, "b")] {
-            for (i, day) in ["2026-11-01", "2026-11-02", "2026-11-03"].iter().enumerate() {
+            for (i, day) in ["2026-11-01", "2026-11-02", "2026-11-03"]
+                .iter()
+                .enumerate()
+            {
                 let at = format!("{day}T08:00:00Z");
                 self.sample(u, &format!("{tag}-s{i}"), "STEPS", &at, 100.0 + i as f64)
                     .await;
-                self.sample(u, &format!("{tag}-h{i}"), "HEART_RATE", &at, 60.5 + i as f64)
-                    .await;
+                self.sample(
+                    u,
+                    &format!("{tag}-h{i}"),
+                    "HEART_RATE",
+                    &at,
+                    60.5 + i as f64,
+                )
+                .await;
                 self.rollup(u, "STEPS", day, 100.0 + i as f64, false).await;
                 self.rollup(u, "HEART_RATE", day, 60.5, false).await;
                 self.night(u, day, 400.0 + i as f64).await;
@@ -160,7 +169,11 @@ fn parquet_files(root: &Path, dataset: &str) -> Vec<PathBuf> {
 
 /// `metric=...` and `date=...` of a file's path.
 fn partition_of(root: &Path, file: &Path) -> (Option<String>, NaiveDate) {
-    let rel = file.strip_prefix(root).expect("under root").to_string_lossy().to_string();
+    let rel = file
+        .strip_prefix(root)
+        .expect("under root")
+        .to_string_lossy()
+        .to_string();
     let mut metric = None;
     let mut date = None;
     for seg in rel.split('/') {
@@ -203,7 +216,13 @@ fn exported<T: Ord>(
     for f in parquet_files(root, dataset) {
         let (metric, date) = partition_of(root, &f);
         for b in batches(&f) {
-            for name in ["user_id", "source_id", "source_record_id", "metadata", "sources"] {
+            for name in [
+                "user_id",
+                "source_id",
+                "source_record_id",
+                "metadata",
+                "sources",
+            ] {
                 assert!(b.column_by_name(name).is_none(), "{name} exported");
             }
             out.extend((0..b.num_rows()).map(|i| row(&b, i, metric.as_deref(), date)));
@@ -257,20 +276,20 @@ fn exported_nights(root: &Path) -> Vec<NightRow> {
     })
 }
 
-const NOT_BLOCKED: &str = "NOT EXISTS (SELECT 1 FROM user_privacy p WHERE p.user_id = t.user_id AND";
+const NOT_BLOCKED: &str =
+    "NOT EXISTS (SELECT 1 FROM user_privacy p WHERE p.user_id = t.user_id AND";
 
 /// What the export must hold, straight from Postgres, pseudonymised in the test.
 async fn expected_samples(h: &Harness) -> Vec<SampleRow> {
-    let rows: Vec<(Uuid, String, NaiveDate, DateTime<Utc>, Option<f64>)> = sqlx::query_as(
-        sqlx::AssertSqlSafe(format!(
+    let rows: Vec<(Uuid, String, NaiveDate, DateTime<Utc>, Option<f64>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT user_id, metric, ((start_at AT TIME ZONE 'UTC') + tz_offset_minutes * \
              interval '1 minute')::date, start_at, value FROM sample t WHERE NOT deleted AND \
              {NOT_BLOCKED} t.metric = ANY(p.blocked_metrics))"
-        )),
-    )
-    .fetch_all(&h.pool)
-    .await
-    .expect("expected samples");
+        )))
+        .fetch_all(&h.pool)
+        .await
+        .expect("expected samples");
     let mut names = Pseudonymizer::new(DEV_EXPORT_KEY).expect("key");
     let mut out: Vec<SampleRow> = rows
         .into_iter()
@@ -284,21 +303,27 @@ async fn expected_samples(h: &Harness) -> Vec<SampleRow> {
 }
 
 async fn expected_rollups(h: &Harness) -> Vec<RollupRow> {
-    let rows: Vec<(Uuid, String, chrono::NaiveDateTime, Option<f64>, i64)> = sqlx::query_as(
-        sqlx::AssertSqlSafe(format!(
+    let rows: Vec<(Uuid, String, chrono::NaiveDateTime, Option<f64>, i64)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT user_id, metric, bucket_start, value, count FROM rollup t WHERE NOT deleted \
              AND {NOT_BLOCKED} t.metric = ANY(p.blocked_metrics))"
-        )),
-    )
-    .fetch_all(&h.pool)
-    .await
-    .expect("expected rollups");
+        )))
+        .fetch_all(&h.pool)
+        .await
+        .expect("expected rollups");
     let mut names = Pseudonymizer::new(DEV_EXPORT_KEY).expect("key");
     let mut out: Vec<RollupRow> = rows
         .into_iter()
         .map(|(u, m, b, v, c)| {
             let subject = names.pseudonym(&u.to_string()).to_owned();
-            (subject, m, b.date(), b.and_utc().timestamp_micros(), v.map(f64::to_bits), c)
+            (
+                subject,
+                m,
+                b.date(),
+                b.and_utc().timestamp_micros(),
+                v.map(f64::to_bits),
+                c,
+            )
         })
         .collect();
     out.sort();
@@ -331,8 +356,16 @@ async fn assert_export_equals_postgres(f: &Fixture) {
     let root = f.dir.path();
     let samples = exported_samples(root);
     assert_eq!(samples, expected_samples(&f.h).await, "samples");
-    assert_eq!(exported_rollups(root), expected_rollups(&f.h).await, "rollups");
-    assert_eq!(exported_nights(root), expected_nights(&f.h).await, "sleep nights");
+    assert_eq!(
+        exported_rollups(root),
+        expected_rollups(&f.h).await,
+        "rollups"
+    );
+    assert_eq!(
+        exported_nights(root),
+        expected_nights(&f.h).await,
+        "sleep nights"
+    );
 }
 
 #[tokio::test]
@@ -403,9 +436,15 @@ async fn export_equals_postgres_and_follows_corrections_deletions_and_privacy() 
     exporter.export_once().await.expect("second export");
     assert_export_equals_postgres(&f).await;
     let after = exported_samples(root);
-    assert!(after.iter().any(|s| s.4 == Some(999.25f64.to_bits())), "correction exported");
+    assert!(
+        after.iter().any(|s| s.4 == Some(999.25f64.to_bits())),
+        "correction exported"
+    );
     assert_eq!(after.len(), samples.len() - 1, "deletion exported");
-    assert!(exported_nights(root).len() < 3, "a's nights are blocked, b's first went");
+    assert!(
+        exported_nights(root).len() < 3,
+        "a's nights are blocked, b's first went"
+    );
 }
 
 #[tokio::test]
@@ -473,7 +512,10 @@ async fn an_interrupted_export_leaves_the_old_or_the_new_partition() {
     assert_eq!(exported_samples(root), before);
 
     // The next cycle removes the leftover and exports the change once.
-    exporter.export_once().await.expect("export after the crash");
+    exporter
+        .export_once()
+        .await
+        .expect("export after the crash");
     assert!(!tmp.exists(), "leftover temporary file removed");
     assert_export_equals_postgres(&f).await;
     assert_eq!(exported_samples(root).len(), before.len());
@@ -490,12 +532,22 @@ async fn an_interrupted_export_leaves_the_old_or_the_new_partition() {
     let old_manifest = std::fs::read(&manifest).expect("manifest");
     exporter.export_once().await.expect("export");
     assert!(
-        exported_samples(root).iter().any(|s| s.4 == Some(2.5f64.to_bits())),
+        exported_samples(root)
+            .iter()
+            .any(|s| s.4 == Some(2.5f64.to_bits())),
         "a change that did not move the change time is exported"
     );
     std::fs::write(&manifest, old_manifest).expect("restore the older manifest");
-    let again = f.exporter().export_once().await.expect("export after the lost manifest");
-    assert!(again.iter().any(|r| r.dataset == "samples" && r.rewritten >= 1));
+    let again = f
+        .exporter()
+        .export_once()
+        .await
+        .expect("export after the lost manifest");
+    assert!(
+        again
+            .iter()
+            .any(|r| r.dataset == "samples" && r.rewritten >= 1)
+    );
     assert_export_equals_postgres(&f).await;
 }
 

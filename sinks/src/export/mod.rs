@@ -92,7 +92,10 @@ pub enum ExportError {
 
 /// The exporter's settings (`pulseline-export` and `pulseline run`).
 #[derive(Clone, Parser)]
-#[command(name = "pulseline-export", about = "pulseline Parquet export for analysts")]
+#[command(
+    name = "pulseline-export",
+    about = "pulseline Parquet export for analysts"
+)]
 pub struct ExportConfig {
     /// Postgres holding the samples and the read models (one database).
     #[arg(long, env = env::DATABASE_URL, default_value = DEFAULT_DATABASE_URL)]
@@ -460,8 +463,11 @@ impl Exporter {
                 let (rows, bytes) = written.get(dir).copied().unwrap_or((0, 0));
                 if rows == 0 {
                     // Everything in it was deleted or blocked: no file.
-                    self.delete_if_present(&StorePath::from(format!("{}/{dir}/{PART_FILE}", spec.name)))
-                        .await?;
+                    self.delete_if_present(&StorePath::from(format!(
+                        "{}/{dir}/{PART_FILE}",
+                        spec.name
+                    )))
+                    .await?;
                 }
                 if let Some(e) = current.get_mut(dir) {
                     e.rows = rows;
@@ -518,7 +524,10 @@ impl Exporter {
         // Built from the static declaration only; values travel as bound parameters.
         let sql = spec.rows_sql();
         let pool = self.pool.clone();
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&metrics).bind(&dates).fetch(&pool);
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&metrics)
+            .bind(&dates)
+            .fetch(&pool);
         let mut written = BTreeMap::new();
         let mut open: Option<(String, partition::PartitionFile)> = None;
         while let Some(row) = rows.try_next().await? {
@@ -550,8 +559,11 @@ impl Exporter {
         let rows = file.rows();
         let bytes = file.finish()?;
         let len = bytes.len() as u64;
-        self.replace(&StorePath::from(format!("{}/{dir}/{PART_FILE}", spec.name)), bytes)
-            .await?;
+        self.replace(
+            &StorePath::from(format!("{}/{dir}/{PART_FILE}", spec.name)),
+            bytes,
+        )
+        .await?;
         Ok((rows, len))
     }
 }

@@ -33,7 +33,7 @@ pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_size(ROW_GROUP_ROWS)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by("pulseline export".to_owned())
         .build()
 }
@@ -105,7 +105,11 @@ impl PartitionFile {
         let schema = spec.file_schema();
         let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(writer_properties()))?;
         Ok(Self {
-            builders: spec.columns.iter().map(|c| ColumnBuilder::new(c.kind)).collect(),
+            builders: spec
+                .columns
+                .iter()
+                .map(|c| ColumnBuilder::new(c.kind))
+                .collect(),
             spec,
             schema,
             pending: 0,
@@ -123,10 +127,14 @@ impl PartitionFile {
                     let v: Option<String> = row.try_get(at)?;
                     b.append_option(v.map(|v| names.pseudonym(&v).to_owned()));
                 }
-                (Kind::Text, ColumnBuilder::Text(b)) => b.append_option(row.try_get::<Option<String>, _>(at)?),
+                (Kind::Text, ColumnBuilder::Text(b)) => {
+                    b.append_option(row.try_get::<Option<String>, _>(at)?)
+                }
                 (_, ColumnBuilder::Float(b)) => b.append_option(row.try_get::<Option<f64>, _>(at)?),
                 (_, ColumnBuilder::Int(b)) => b.append_option(row.try_get::<Option<i32>, _>(at)?),
-                (_, ColumnBuilder::BigInt(b)) => b.append_option(row.try_get::<Option<i64>, _>(at)?),
+                (_, ColumnBuilder::BigInt(b)) => {
+                    b.append_option(row.try_get::<Option<i64>, _>(at)?)
+                }
                 (_, ColumnBuilder::Bool(b)) => b.append_option(row.try_get::<Option<bool>, _>(at)?),
                 (_, ColumnBuilder::Date(b)) => {
                     b.append_option(row.try_get::<Option<NaiveDate>, _>(at)?.map(epoch_days))
@@ -159,7 +167,11 @@ impl PartitionFile {
         if self.pending == 0 {
             return Ok(());
         }
-        let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(ColumnBuilder::finish).collect();
+        let arrays: Vec<ArrayRef> = self
+            .builders
+            .iter_mut()
+            .map(ColumnBuilder::finish)
+            .collect();
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)?;
         self.writer.write(&batch)?;
         self.pending = 0;
