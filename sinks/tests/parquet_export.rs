@@ -141,6 +141,8 @@ impl Fixture {
     }
 }
 
+/// A sample as Postgres holds it: user, metric, local date, start, value.
+type StoredSample = (Uuid, String, NaiveDate, DateTime<Utc>, Option<f64>);
 type SampleRow = (String, String, NaiveDate, i64, Option<u64>);
 type RollupRow = (String, String, NaiveDate, i64, Option<u64>, i64);
 type NightRow = (String, NaiveDate, i32, u64);
@@ -281,15 +283,14 @@ const NOT_BLOCKED: &str =
 
 /// What the export must hold, straight from Postgres, pseudonymised in the test.
 async fn expected_samples(h: &Harness) -> Vec<SampleRow> {
-    let rows: Vec<(Uuid, String, NaiveDate, DateTime<Utc>, Option<f64>)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT user_id, metric, ((start_at AT TIME ZONE 'UTC') + tz_offset_minutes * \
+    let rows: Vec<StoredSample> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT user_id, metric, ((start_at AT TIME ZONE 'UTC') + tz_offset_minutes * \
              interval '1 minute')::date, start_at, value FROM sample t WHERE NOT deleted AND \
              {NOT_BLOCKED} t.metric = ANY(p.blocked_metrics))"
-        )))
-        .fetch_all(&h.pool)
-        .await
-        .expect("expected samples");
+    )))
+    .fetch_all(&h.pool)
+    .await
+    .expect("expected samples");
     let mut names = Pseudonymizer::new(DEV_EXPORT_KEY).expect("key");
     let mut out: Vec<SampleRow> = rows
         .into_iter()
