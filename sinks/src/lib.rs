@@ -1,12 +1,13 @@
 //! Read-model sinks: versioned upserts from the read-model topics into a read store,
-//! exactly once. Postgres (the embedded default) and ScyllaDB (scale-out) are built; the
-//! Parquet export is not yet.
+//! exactly once. Postgres (the embedded default) and ScyllaDB (scale-out) are built. The
+//! pseudonymised Parquet export for analysts reads the Postgres tables (`export`).
 //!
 //! - `sink`: the `Sink` trait (one implementation per engine) and the rows it is fed.
 //! - `postgres`: `PostgresSink` and its migrations (versions 1001+).
 //! - `scylla`: `ScyllaSink`, its CQL tables (`CqlReadModel`) and keyspace migrations.
 //! - `runner`: the consumer that feeds a sink, with offsets kept in the store.
 //! - `app`/`config`: the `pulseline-sink` process.
+//! - `export`: the pseudonymised Parquet export for analysts (`pulseline-export`).
 //!
 //! This crate owns the read-model tables and the sink's offsets; it never writes the
 //! gateway's tables and never commits offsets to Kafka.
@@ -14,6 +15,7 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod postgres;
 pub mod runner;
 pub mod scylla;
