@@ -33,6 +33,8 @@
 mod config;
 mod state;
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::{DateTime, Duration};
 use pulseline_schemas::records::{
     ImpactTier, ProductImpactKey, ProductImpactUpsert, SessionImpactKey, SessionImpactUpsert,
@@ -131,7 +133,7 @@ impl Processor for SessionImpacts {
     fn flush(&self, out: &mut Flush<'_, SessionImpactUpsert>, state: &mut ImpactState) {
         let user = out.user_id().to_owned();
         // Keys come ordered by event: compute each event's stats once.
-        let mut current: Option<(&str, std::collections::BTreeMap<String, SessionStats>)> = None;
+        let mut current: Option<(&str, BTreeMap<String, SessionStats>)> = None;
         for key in out.touched() {
             if current.as_ref().is_none_or(|(id, _)| *id != key.event_id) {
                 current = Some((
@@ -159,11 +161,14 @@ impl ProductImpacts {
         Self { config }
     }
 
+    /// `stats` memoises each event's session stats within one flush: a group's rows (7
+    /// metrics, 2 periods) share the same events.
     fn render(
         &self,
         user_id: &str,
         state: &ImpactState,
         key: &ProductImpactKey,
+        stats: &mut HashMap<String, BTreeMap<String, SessionStats>>,
     ) -> Option<ProductImpactUpsert> {
         let as_of = state.as_of()?;
         let group = (key.event_type.clone(), key.product_id.clone());
@@ -171,8 +176,10 @@ impl ProductImpacts {
         let mut any = false;
         let mut deltas = Vec::new();
         for id in state.group_events(&group, from, as_of) {
-            let stats = state.session_stats(&self.config, id);
-            let Some(s) = stats.get(&key.metric).filter(|s| s.exists()) else {
+            let event_stats = stats
+                .entry(id.clone())
+                .or_insert_with(|| state.session_stats(&self.config, id));
+            let Some(s) = event_stats.get(&key.metric).filter(|s| s.exists()) else {
                 continue;
             };
             any = true;
@@ -265,8 +272,9 @@ impl Processor for ProductImpacts {
 
     fn flush(&self, out: &mut Flush<'_, ProductImpactUpsert>, state: &mut ImpactState) {
         let user = out.user_id().to_owned();
+        let mut stats = HashMap::new();
         for key in out.touched() {
-            match self.render(&user, state, key) {
+            match self.render(&user, state, key, &mut stats) {
                 Some(row) => out.emit(row),
                 None => out.delete(key),
             }
