@@ -132,7 +132,15 @@ impl SimulatedUser {
         let trip = rng.random_bool(0.5).then(|| {
             let from = start + TimeDelta::days(2) + TimeDelta::hours(rng.random_range(0..24));
             let shift = [-540, -360, 360, 540][rng.random_range(0..4)];
-            (from, from + TimeDelta::days(3), tz_offset_minutes + shift)
+            // Real offsets lie within -12:00..+14:00 (the gateway refuses others): travel
+            // the other way when this one would leave that range.
+            let there = tz_offset_minutes + shift;
+            let there = if (-720..=840).contains(&there) {
+                there
+            } else {
+                tz_offset_minutes - shift
+            };
+            (from, from + TimeDelta::days(3), there)
         });
         let device = |kind: &'static str, n: u64| Device {
             source_id: format!(
@@ -495,6 +503,16 @@ mod tests {
         let (key, content) = &fix.effects[0];
         if let Some(now) = u.expected().get(key) {
             assert_eq!(Some(now), content.as_ref());
+        }
+    }
+
+    #[test]
+    fn every_offset_is_one_the_gateway_accepts() {
+        for seed in 0..200 {
+            let u = SimulatedUser::new(seed, Utc::now(), TrafficMix::default());
+            if let Some((_, _, there)) = u.trip {
+                assert!((-720..=840).contains(&there), "seed {seed}: {there}");
+            }
         }
     }
 
