@@ -16,13 +16,12 @@ async fn get(app: &TestApp, user: Uuid, path: &str) -> (u16, Value) {
     app.get_with_token(path, &app.token(user)).await
 }
 
-/// A session row as the sink writes it, starting at 08:00 UTC on `date`.
+/// A session row as the sink writes it for event `(id, type, product)`, starting at 08:00
+/// UTC on `date`.
 async fn session(
     app: &TestApp,
     user: Uuid,
-    event: &str,
-    kind: &str,
-    product: Option<&str>,
+    (event, kind, product): (&str, &str, Option<&str>),
     metric: &str,
     date: &str,
     deleted: bool,
@@ -138,9 +137,7 @@ async fn sessions_in_range_filtered_with_freshness_over_both_streams() {
     session(
         &app,
         user,
-        "c1",
-        "caffeine",
-        Some("espresso"),
+        ("c1", "caffeine", Some("espresso")),
         "HEART_RATE",
         "2026-06-01",
         false,
@@ -149,9 +146,7 @@ async fn sessions_in_range_filtered_with_freshness_over_both_streams() {
     session(
         &app,
         user,
-        "c1",
-        "caffeine",
-        Some("espresso"),
+        ("c1", "caffeine", Some("espresso")),
         "BLOOD_GLUCOSE",
         "2026-06-01",
         false,
@@ -160,9 +155,7 @@ async fn sessions_in_range_filtered_with_freshness_over_both_streams() {
     session(
         &app,
         user,
-        "m1",
-        "meal",
-        None,
+        ("m1", "meal", None),
         "HEART_RATE",
         "2026-06-02",
         false,
@@ -171,9 +164,7 @@ async fn sessions_in_range_filtered_with_freshness_over_both_streams() {
     session(
         &app,
         user,
-        "gone",
-        "meal",
-        None,
+        ("gone", "meal", None),
         "HEART_RATE",
         "2026-06-02",
         true,
@@ -182,9 +173,7 @@ async fn sessions_in_range_filtered_with_freshness_over_both_streams() {
     session(
         &app,
         user,
-        "late",
-        "meal",
-        None,
+        ("late", "meal", None),
         "HEART_RATE",
         "2026-06-09",
         false,
@@ -193,9 +182,7 @@ async fn sessions_in_range_filtered_with_freshness_over_both_streams() {
     session(
         &app,
         Uuid::new_v4(),
-        "other",
-        "meal",
-        None,
+        ("other", "meal", None),
         "HEART_RATE",
         "2026-06-02",
         false,
