@@ -9,12 +9,15 @@
 //!   "record":"r1","metric":"STEPS","start":"2026-03-28T23:30:00+01:00",
 //!   "end":"2026-03-29T00:30:00+01:00","value":120}`: times carry the sample's offset,
 //! `op` defaults to UPSERT, `index` to 0, `end`, `value` and `category` are optional.
+//! A line with `event` is a logged event (the events stream, its own `seq`):
+//! `{"user":"u1","seq":1,"event":"coffee-1","type":"caffeine","product":"espresso",
+//!   "start":"2026-06-01T08:00:00+02:00"}` (`product`, `end` optional).
 
 use std::path::Path;
 
 use chrono::DateTime;
 use pulseline_schemas::Operation;
-use pulseline_schemas::records::SampleChange;
+use pulseline_schemas::records::{SampleChange, UserEventChange};
 use serde::Deserialize;
 
 use crate::harness::Harness;
@@ -40,16 +43,53 @@ struct Line {
     category: Option<String>,
 }
 
+/// A line of the events stream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventLine {
+    user: String,
+    seq: i64,
+    #[serde(default)]
+    index: i32,
+    #[serde(default = "upsert")]
+    op: Operation,
+    event: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    product: Option<String>,
+    start: String,
+    end: Option<String>,
+}
+
 fn upsert() -> Operation {
     Operation::Upsert
 }
 
 fn parse_line(n: usize, text: &str) -> Input {
-    let line: Line =
-        serde_json::from_str(text).unwrap_or_else(|e| panic!("input line {n}: {e}: {text}"));
     let time = |t: &str| {
         DateTime::parse_from_rfc3339(t).unwrap_or_else(|e| panic!("input line {n}: {t}: {e}"))
     };
+    if text.contains("\"event\"") {
+        let e: EventLine = serde_json::from_str(text)
+            .unwrap_or_else(|err| panic!("input line {n}: {err}: {text}"));
+        let start = time(&e.start);
+        return Input::Event(UserEventChange {
+            user_id: e.user,
+            change_seq: e.seq,
+            change_index: e.index,
+            operation: e.op,
+            event_id: e.event,
+            event_type: e.event_type,
+            product_id: e.product,
+            start_at: start.timestamp_micros(),
+            end_at: e.end.as_deref().map(|t| time(t).timestamp_micros()),
+            tz_offset_minutes: start.offset().local_minus_utc() / 60,
+            attributes_json: None,
+            accepted_at: 0,
+        });
+    }
+    let line: Line =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("input line {n}: {e}: {text}"));
     let start = time(&line.start);
     Input::Sample(SampleChange {
         user_id: line.user,
@@ -74,6 +114,15 @@ fn parse_line(n: usize, text: &str) -> Input {
 /// Reads `<dir>/input.jsonl`, runs `make()`'s processor over it, and compares the read
 /// model with `<dir>/expected.json` (see the module doc).
 pub fn check_golden<P: Processor>(make: impl Fn() -> P, dir: &Path)
+where
+    P::Output: serde::Serialize,
+{
+    check_golden_as(make, dir, "expected.json");
+}
+
+/// `check_golden` with another expected file: processors sharing one input (the two
+/// impact read models) keep one expected file each.
+pub fn check_golden_as<P: Processor>(make: impl Fn() -> P, dir: &Path, expected: &str)
 where
     P::Output: serde::Serialize,
 {
@@ -102,7 +151,7 @@ where
         "one batch and one batch per record disagree"
     );
 
-    let expected_path = dir.join("expected.json");
+    let expected_path = dir.join(expected);
     if std::env::var_os("PULSELINE_BLESS").is_some() {
         let pretty = serde_json::to_string_pretty(&actual).expect("json");
         std::fs::write(&expected_path, pretty + "\n").expect("writing expected.json");
