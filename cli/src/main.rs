@@ -2,6 +2,7 @@
 
 mod demo;
 mod run;
+mod sql;
 
 use clap::{Parser, Subcommand};
 
@@ -18,15 +19,20 @@ enum Command {
     Run(run::RunArgs),
     /// Send sample records through Avro, the schema registry and the broker, and back.
     Demo(demo::DemoArgs),
+    /// Run read-only SQL over the Parquet export (as an analyst would).
+    Sql(sql::SqlArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Both commands talk to Kafka: a bad security setting stops them here, by name.
-    pulseline_schemas::kafka::check_env()?;
+    // The commands that talk to Kafka stop here, by name, on a bad security setting.
+    if !matches!(cli.command, Command::Sql(_)) {
+        pulseline_schemas::kafka::check_env()?;
+    }
     match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Sql(args) => sql::run(args).await,
     }
 }

@@ -6,6 +6,7 @@
 //! behaves.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,8 @@ pub struct PipelineConfig {
     /// ones above.
     pub runtime: RuntimeConfig,
     pub processors: ProcessorsConfig,
+    /// The Parquet export the query API's analysts' SQL reads.
+    pub export_dir: PathBuf,
 }
 
 impl PipelineConfig {
@@ -56,6 +59,7 @@ impl PipelineConfig {
             query_addr: any_port,
             runtime: RuntimeConfig::default(),
             processors: ProcessorsConfig::default(),
+            export_dir: PathBuf::from(pulseline_sinks::export::DEFAULT_EXPORT_DIR),
         }
     }
 }
@@ -118,6 +122,7 @@ impl Pipeline {
         let query = QueryApi::build(QueryConfig {
             addr: config.query_addr,
             database_url: config.database_url.clone(),
+            export_dir: config.export_dir.clone(),
             ..QueryConfig::default()
         })
         .await
@@ -155,5 +160,10 @@ impl Pipeline {
     /// A user token the gateway and the query API accept (the development secret).
     pub fn token(&self, user: Uuid) -> String {
         issue_hs256_token(&self.jwt_secret, user, Role::User, 24 * 3600)
+    }
+
+    /// An analyst's token (analysts' SQL over the export), for an analyst with no data.
+    pub fn analyst_token(&self) -> String {
+        issue_hs256_token(&self.jwt_secret, Uuid::now_v7(), Role::Analyst, 24 * 3600)
     }
 }

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -70,6 +71,9 @@ pub struct RunArgs {
     schema_registry_url: String,
     #[arg(long, env = "PULSELINE_TOPIC_PREFIX", default_value = "")]
     topic_prefix: String,
+    /// Where the run exports Parquet for analysts at its end.
+    #[arg(long, env = "PULSELINE_EXPORT_DIR", default_value = pulseline_sinks::export::DEFAULT_EXPORT_DIR)]
+    export_dir: PathBuf,
 }
 
 #[derive(Default)]
@@ -97,6 +101,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     config.gateway_addr = args.gateway_addr;
     config.query_addr = args.query_addr;
+    config.export_dir = args.export_dir.clone();
     let processors = ProcessorCli::parse_from(["pulseline-processor"]);
     config.runtime = processors.runtime_config();
     config.processors = processors.processors_config();
@@ -311,6 +316,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let oracle = check_rollups(&pool, &users).await?;
     let sleep_check = check_sleep(&pool, &users).await?;
     let impact_check = check_impacts(&pool, &users).await?;
+    let export_check = export_for_analysts(&args, &pool, &query_url, &pipeline.analyst_token())
+        .await
+        .context("exporting for analysts")?;
     let mut lat = latencies.lock().await.clone();
     lat.sort();
     let pct = |p: f64| {
@@ -379,6 +387,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "  check FAILED: {mismatches} samples differ between Postgres and the clients' view"
         );
     }
+    println!(
+        "  check: {} live rollup rows in Postgres, {} in the export through analysts' SQL",
+        export_check.postgres_rollups, export_check.exported_rollups
+    );
     if args.stay_up {
         let token = &tokens[0];
         let today = Utc::now().date_naive();
@@ -392,6 +404,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         println!(
             "  curl -s -H 'Authorization: Bearer {token}' '{query_url}/v1/me/impacts/products?periodDays=30'"
+        );
+        println!(
+            "  curl -s -X POST -H 'Authorization: Bearer {}' '{query_url}/v1/analytics/sql' -d '{{\"sql\": \"SELECT metric, count(*) FROM samples GROUP BY metric\"}}'",
+            pipeline.analyst_token()
         );
         println!("Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
@@ -417,7 +433,96 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         impact_check.differing == 0,
         "impacts differ from the brute-force impact oracle"
     );
+    ensure!(
+        export_check.postgres_rollups == export_check.exported_rollups,
+        "the export's rollups differ from Postgres"
+    );
     Ok(())
+}
+
+/// The analysts' side of the run: one export cycle, one example query through the query
+/// API, and the export's rollups counted against Postgres.
+struct ExportCheck {
+    postgres_rollups: i64,
+    exported_rollups: i64,
+}
+
+/// The example query printed after a run (and in the README).
+const EXAMPLE_SQL: &str = "SELECT metric, count(*) AS samples, count(DISTINCT subject_id) AS subjects, \
+     round(avg(value), 1) AS mean FROM samples GROUP BY metric ORDER BY metric";
+
+async fn export_for_analysts(
+    args: &RunArgs,
+    pool: &PgPool,
+    query_url: &str,
+    analyst_token: &str,
+) -> anyhow::Result<ExportCheck> {
+    use pulseline_sinks::export::{ExportConfig, Exporter};
+    let dir = args.export_dir.to_string_lossy().into_owned();
+    let began = Instant::now();
+    let mut exporter = Exporter::new(pool.clone(), &ExportConfig::local(&args.database_url, &dir))?;
+    let reports = exporter.export_once().await?;
+    let shown: Vec<String> = reports
+        .iter()
+        .map(|r| format!("{} {} rows", r.dataset, r.rows_total))
+        .collect();
+    println!(
+        "export for analysts: {} ({}) in {:.1} s",
+        std::fs::canonicalize(&args.export_dir)
+            .unwrap_or_else(|_| args.export_dir.clone())
+            .display(),
+        shown.join(", "),
+        began.elapsed().as_secs_f64()
+    );
+    let client = reqwest::Client::new();
+    let sql = |q: &str| {
+        client
+            .post(format!("{query_url}/v1/analytics/sql"))
+            .bearer_auth(analyst_token)
+            .json(&serde_json::json!({ "sql": q }))
+            .send()
+    };
+    let answer: serde_json::Value = sql(EXAMPLE_SQL).await?.error_for_status()?.json().await?;
+    println!("  pulseline sql \"{EXAMPLE_SQL}\"");
+    let names: Vec<&str> = answer["columns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    println!(
+        "    {}",
+        names.iter().map(|n| format!("{n:>18}")).collect::<String>()
+    );
+    for row in answer["rows"].as_array().into_iter().flatten() {
+        let cells: String = row
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| match v {
+                serde_json::Value::String(s) => format!("{s:>18}"),
+                other => format!("{:>18}", other.to_string()),
+            })
+            .collect();
+        println!("    {cells}");
+    }
+    let counted: serde_json::Value = sql("SELECT count(*) FROM rollups")
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let exported_rollups = counted["rows"][0][0].as_i64().unwrap_or(-1);
+    let postgres_rollups: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM rollup r WHERE NOT r.deleted AND NOT EXISTS \
+         (SELECT 1 FROM user_privacy p WHERE p.user_id = r.user_id \
+          AND r.metric = ANY(p.blocked_metrics))",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(ExportCheck {
+        postgres_rollups,
+        exported_rollups,
+    })
 }
 
 /// Polls each user's freshness through the query API and records, for every acknowledged

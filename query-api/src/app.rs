@@ -9,6 +9,7 @@ use pulseline_service::auth::JwtVerifier;
 use pulseline_service::shutdown_signal;
 use tokio::net::TcpListener;
 
+use crate::analytics::SqlEngine;
 use crate::api::{self, AppState, Shared};
 use crate::config::Config;
 use crate::error::QueryError;
@@ -59,6 +60,7 @@ impl Application {
                 max_days_hour: config.max_days_hour,
             },
             readiness_timeout: config.readiness_timeout(),
+            sql: SqlEngine::new(&config.export_dir, config.sql_limits()),
             openapi: Arc::new(api::openapi_json()),
         });
         Ok(Self {

@@ -15,6 +15,7 @@ use pulseline_service::config::{
 };
 use pulseline_service::redact_url;
 
+use crate::analytics::{self, SqlLimits};
 use crate::error::QueryError;
 
 const DEFAULT_ADDR: &str = "127.0.0.1:8081";
@@ -76,6 +77,22 @@ pub struct Config {
     #[arg(long, env = env::READINESS_TIMEOUT_MS, default_value_t = DEFAULT_READINESS_TIMEOUT_MS)]
     pub readiness_timeout_ms: u64,
 
+    /// The Parquet export analysts' SQL reads (a local directory; the exporter's setting).
+    #[arg(long, env = "PULSELINE_EXPORT_DIR", default_value = pulseline_sinks::export::DEFAULT_EXPORT_DIR)]
+    pub export_dir: PathBuf,
+
+    /// Statement timeout of analysts' SQL, in seconds.
+    #[arg(long, env = "PULSELINE_SQL_TIMEOUT_SECS", default_value_t = analytics::DEFAULT_TIMEOUT_SECS)]
+    pub sql_timeout_secs: u64,
+
+    /// The largest `maxRows` an analyst may ask for (the default is 10,000).
+    #[arg(long, env = "PULSELINE_SQL_MAX_ROWS", default_value_t = analytics::DEFAULT_ROW_LIMIT)]
+    pub sql_max_rows: usize,
+
+    /// Memory one analyst query may use, in MiB.
+    #[arg(long, env = "PULSELINE_SQL_MEMORY_LIMIT_MB", default_value_t = analytics::DEFAULT_MEMORY_LIMIT_MB)]
+    pub sql_memory_limit_mb: usize,
+
     /// Run the sink's migrations at start-up, so the read-model tables exist whichever
     /// service starts first (the sink runs the same, idempotently).
     #[arg(long, env = "PULSELINE_QUERY_MIGRATE", default_value_t = true, action = ArgAction::Set)]
@@ -96,6 +113,10 @@ impl Default for Config {
             db_pool_size: DEFAULT_DB_POOL_SIZE,
             db_acquire_timeout_ms: DEFAULT_DB_ACQUIRE_TIMEOUT_MS,
             readiness_timeout_ms: DEFAULT_READINESS_TIMEOUT_MS,
+            export_dir: PathBuf::from(pulseline_sinks::export::DEFAULT_EXPORT_DIR),
+            sql_timeout_secs: analytics::DEFAULT_TIMEOUT_SECS,
+            sql_max_rows: analytics::DEFAULT_ROW_LIMIT,
+            sql_memory_limit_mb: analytics::DEFAULT_MEMORY_LIMIT_MB,
             migrate: true,
         }
     }
@@ -118,6 +139,9 @@ impl Config {
         if self.db_pool_size == 0 {
             return bad("the pool size must be > 0");
         }
+        if self.sql_timeout_secs == 0 || self.sql_max_rows == 0 || self.sql_memory_limit_mb == 0 {
+            return bad("the SQL timeout, row maximum and memory limit must be > 0");
+        }
         Ok(())
     }
 
@@ -127,6 +151,16 @@ impl Config {
 
     pub fn readiness_timeout(&self) -> Duration {
         Duration::from_millis(self.readiness_timeout_ms)
+    }
+
+    /// The limits analysts' queries run under.
+    pub fn sql_limits(&self) -> SqlLimits {
+        SqlLimits {
+            timeout: Duration::from_secs(self.sql_timeout_secs),
+            max_rows: self.sql_max_rows,
+            memory_bytes: self.sql_memory_limit_mb.saturating_mul(1024 * 1024),
+            target_partitions: 0,
+        }
     }
 }
 
@@ -146,6 +180,8 @@ impl fmt::Debug for Config {
             .field("db_pool_size", &self.db_pool_size)
             .field("db_acquire_timeout_ms", &self.db_acquire_timeout_ms)
             .field("readiness_timeout_ms", &self.readiness_timeout_ms)
+            .field("export_dir", &self.export_dir)
+            .field("sql_limits", &self.sql_limits())
             .field("migrate", &self.migrate)
             .finish()
     }

@@ -27,6 +27,15 @@ pub enum QueryError {
     /// The metric code is not in the catalog.
     #[error("unknown metric `{0}`")]
     UnknownMetric(String),
+    /// The request body is not the JSON the route expects.
+    #[error("invalid body: {0}")]
+    InvalidBody(String),
+    /// The caller's token does not allow the route.
+    #[error(transparent)]
+    Auth(#[from] pulseline_service::auth::AuthError),
+    /// An analyst's SQL was refused or failed; the code names the rule or limit.
+    #[error(transparent)]
+    Sql(crate::analytics::SqlError),
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -68,7 +77,11 @@ impl QueryError {
 
     /// Whether the same request can succeed later (`Retryable` vs `Fatal`).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, QueryError::Unavailable { .. })
+        match self {
+            QueryError::Unavailable { .. } => true,
+            QueryError::Sql(e) => e.is_retryable(),
+            _ => false,
+        }
     }
 
     /// The stable API code of the envelope.
@@ -76,6 +89,9 @@ impl QueryError {
         match self {
             QueryError::InvalidParameter { .. } => "INVALID_PARAMETER",
             QueryError::UnknownMetric(_) => "UNKNOWN_METRIC",
+            QueryError::InvalidBody(_) => "INVALID_BODY",
+            QueryError::Auth(e) => e.code(),
+            QueryError::Sql(e) => e.code(),
             QueryError::NotFound => "NOT_FOUND",
             QueryError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             QueryError::Unavailable { .. } => "UNAVAILABLE",
@@ -85,7 +101,12 @@ impl QueryError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            QueryError::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
+            QueryError::InvalidParameter { .. } | QueryError::InvalidBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            QueryError::Auth(e) => e.status(),
+            QueryError::Sql(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            QueryError::Sql(_) => StatusCode::BAD_REQUEST,
             QueryError::UnknownMetric(_) | QueryError::NotFound => StatusCode::NOT_FOUND,
             QueryError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             QueryError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -102,6 +123,7 @@ impl QueryError {
             QueryError::Unavailable { .. } => {
                 "a dependency of the service (its database) is unavailable; retry later".into()
             }
+            QueryError::Auth(e) => e.public_message(),
             QueryError::Config(_) | QueryError::Startup(_) | QueryError::Internal(_) => {
                 "internal error".into()
             }
@@ -113,6 +135,16 @@ impl QueryError {
         match self {
             QueryError::InvalidParameter { details, .. } => details.clone(),
             QueryError::UnknownMetric(metric) => json!({ "metric": metric }),
+            QueryError::Sql(e) => {
+                let mut d = e.details();
+                if let (true, Some(obj)) = (e.is_retryable(), d.as_object_mut()) {
+                    obj.insert(
+                        "retryAfterSeconds".into(),
+                        json!(retry_after_secs(UNAVAILABLE_RETRY_AFTER)),
+                    );
+                }
+                d
+            }
             QueryError::Unavailable { details, .. } => {
                 let mut d = details.clone().unwrap_or_else(|| json!({}));
                 if let Some(obj) = d.as_object_mut() {
@@ -134,7 +166,7 @@ impl IntoResponse for QueryError {
         if status.is_server_error() && !self.is_retryable() {
             tracing::error!(code = self.code(), error = %self, "request failed");
         } else if self.is_retryable() {
-            tracing::warn!(error = %self, "dependency unavailable");
+            tracing::warn!(code = self.code(), error = %self, "dependency unavailable");
         }
         let retry_after = self.is_retryable().then_some(UNAVAILABLE_RETRY_AFTER);
         ErrorEnvelope::new(self.code(), self.public_message(), self.details())

@@ -1,10 +1,13 @@
-//! The read API: per-user read models (rollups now; sleep nights and impacts later), each
-//! answer with its freshness, over the Postgres read store. Binary: `pulseline-query-api`.
+//! The read API: per-user read models (rollups, sleep nights, impacts), each answer with
+//! its freshness, over the Postgres read store; and analysts' read-only SQL over the
+//! Parquet export (`analytics`). Binary: `pulseline-query-api`.
 //!
-//! It reads the sink's tables and the gateway's sequences and writes nothing (apart from
-//! running the sink's idempotent migrations at start). A caller only ever reads rows of
-//! the user id in their token. Share tokens and analyst SQL over Parquet are not built yet.
+//! It reads the sink's tables, the gateway's sequences and the export, and writes nothing
+//! (apart from running the sink's idempotent migrations at start). A user only ever reads
+//! rows of the user id in their token; an analyst only the pseudonymised export.
+//! Share tokens are not built yet.
 
+pub mod analytics;
 pub mod api;
 pub mod app;
 pub mod config;

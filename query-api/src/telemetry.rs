@@ -3,7 +3,9 @@
 //!
 //! Nothing here logs a read-model value (PHI): only routes, statuses, counts and lags.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use pulseline_service::http::HttpMetrics;
 
 /// The API's Prometheus registry (one per application, so tests do not share counters).
@@ -13,6 +15,7 @@ pub struct Telemetry {
     http: HttpMetrics,
     answers: IntCounterVec,
     lag_seconds: Histogram,
+    sql_seconds: HistogramVec,
 }
 
 /// One thing that happened, worth a metric and maybe a log line.
@@ -41,6 +44,17 @@ impl Telemetry {
                 0.0, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
             ]),
         )?;
+        let sql_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "analytics_query_seconds",
+                "Analysts' SQL queries by outcome (OK or the error code), and their duration",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(sql_seconds.clone()))?;
         registry.register(Box::new(answers.clone()))?;
         registry.register(Box::new(lag_seconds.clone()))?;
         Ok(Self {
@@ -48,6 +62,7 @@ impl Telemetry {
             http,
             answers,
             lag_seconds,
+            sql_seconds,
         })
     }
 
@@ -88,6 +103,36 @@ impl QueryEvent for ReadModelAnswered {
             lag_seconds = self.lag_seconds,
             points = self.points,
             "read model answered"
+        );
+    }
+}
+
+/// An analyst's query finished (or was refused). Logged with a hash of the text, never the
+/// text or the rows: an analyst may paste identifying values into a WHERE clause.
+#[derive(Debug)]
+pub struct AnalyticsQueryRan<'a> {
+    pub analyst: uuid::Uuid,
+    pub sql_hash: &'a str,
+    /// `OK` or the error code.
+    pub outcome: &'static str,
+    pub rows: usize,
+    pub truncated: bool,
+    pub elapsed: Duration,
+}
+
+impl QueryEvent for AnalyticsQueryRan<'_> {
+    fn emit(self, t: &Telemetry) {
+        t.sql_seconds
+            .with_label_values(&[self.outcome])
+            .observe(self.elapsed.as_secs_f64());
+        tracing::info!(
+            analyst = %self.analyst,
+            sql_sha256 = self.sql_hash,
+            outcome = self.outcome,
+            rows = self.rows,
+            truncated = self.truncated,
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "analytics query"
         );
     }
 }

@@ -113,6 +113,17 @@ impl AuthUser {
             )),
         }
     }
+
+    /// Analysts' SQL is for the analyst role only: users and admins read their own data
+    /// through the read-model routes instead.
+    pub fn require_analyst(&self) -> Result<(), AuthError> {
+        match self.role {
+            Role::Analyst => Ok(()),
+            Role::User | Role::Admin => Err(AuthError::Forbidden(
+                "only tokens with the analyst role may run SQL over the export",
+            )),
+        }
+    }
 }
 
 /// Verifies bearer tokens.

@@ -33,13 +33,19 @@ pub struct ErrorBody {
     /// RATE_LIMITED, UNAVAILABLE, NOT_FOUND, INTERNAL ...; each API documents its own).
     pub code: &'static str,
     pub message: String,
-    /// Machine-readable context (the offending field, the limit, retryAfterSeconds), or null.
+    /// Machine-readable context (the offending field, the limit, retryAfterSeconds); an
+    /// empty object when there is nothing to add, so clients can always index it.
     #[schema(value_type = Object)]
     pub details: Value,
 }
 
 impl ErrorEnvelope {
+    /// `details` of null (nothing to add) is sent as `{}`, as the OpenAPI document declares.
     pub fn new(code: &'static str, message: impl Into<String>, details: Value) -> Self {
+        let details = match details {
+            Value::Null => Value::Object(serde_json::Map::new()),
+            other => other,
+        };
         Self {
             error: ErrorBody {
                 code,
@@ -197,7 +203,7 @@ mod tests {
         let json = serde_json::to_value(ErrorEnvelope::new("X", "m", Value::Null)).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"error": {"code": "X", "message": "m", "details": null}})
+            serde_json::json!({"error": {"code": "X", "message": "m", "details": {}}})
         );
     }
 

@@ -7,19 +7,21 @@ mod impacts;
 pub mod model;
 mod rollups;
 mod sleep;
+mod sql;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::get;
+use axum::routing::{get, post};
 use pulseline_service::OpsRouter;
 use pulseline_service::auth::JwtVerifier;
 use pulseline_service::http::{BearerAuth, observe};
 use pulseline_service::ops::OpsApi;
 use utoipa::OpenApi;
 
+use crate::analytics::SqlEngine;
 use crate::error::QueryError;
 use crate::params::RangeLimits;
 use crate::store::{ReadQuery, ReadStore};
@@ -38,6 +40,8 @@ pub struct Shared {
     pub telemetry: Telemetry,
     pub limits: RangeLimits,
     pub readiness_timeout: Duration,
+    /// Analysts' SQL over the Parquet export.
+    pub sql: SqlEngine,
     pub openapi: Arc<String>,
 }
 
@@ -67,12 +71,13 @@ impl AppState {
 /// The OpenAPI document of every route.
 #[derive(Debug, OpenApi)]
 #[openapi(
-    info(title = "pulseline query API", description = "Read path of pulseline: per-user read models, each answer with its freshness."),
+    info(title = "pulseline query API", description = "Read path of pulseline: per-user read models, each answer with its freshness; analysts' read-only SQL over the pseudonymised Parquet export."),
     paths(
         rollups::get_rollups,
         sleep::get_sleep,
         impacts::get_sessions,
         impacts::get_products,
+        sql::post_sql,
     ),
     components(schemas(
         model::RollupsAnswer,
@@ -83,6 +88,9 @@ impl AppState {
         model::SessionImpact,
         model::ProductImpactsAnswer,
         model::ProductImpact,
+        sql::SqlRequest,
+        crate::analytics::SqlAnswer,
+        crate::analytics::SqlColumn,
         model::Freshness,
         model::StreamFreshness,
         model::FreshnessStatus,
@@ -112,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/me/sleep", get(sleep::get_sleep))
         .route("/v1/me/impacts/sessions", get(impacts::get_sessions))
         .route("/v1/me/impacts/products", get(impacts::get_products))
+        .route("/v1/analytics/sql", post(sql::post_sql))
         .merge(ops)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);

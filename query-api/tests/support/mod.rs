@@ -37,6 +37,14 @@ pub async fn spawn_app() -> TestApp {
 
 /// `with_gateway_tables = false`: only the sink's tables (the API migrates those itself).
 pub async fn spawn_app_with(with_gateway_tables: bool) -> TestApp {
+    spawn_app_configured(with_gateway_tables, |_| {}).await
+}
+
+/// A running API whose config `configure` adjusts (the database URL and port are set).
+pub async fn spawn_app_configured(
+    with_gateway_tables: bool,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     let db = Stack::from_env().create_database().await;
     let pool = PgPool::connect(&db.url).await.expect("test pool connects");
     if with_gateway_tables {
@@ -44,11 +52,12 @@ pub async fn spawn_app_with(with_gateway_tables: bool) -> TestApp {
         // neither the gateway's code nor a copy of its schema.
         create_gateway_tables(&pool).await;
     }
-    let config = Config {
+    let mut config = Config {
         addr: "127.0.0.1:0".parse().expect("address"),
         database_url: db.url.clone(),
         ..Config::default()
     };
+    configure(&mut config);
     let application = Application::build(config.clone())
         .await
         .expect("application builds");
@@ -72,7 +81,11 @@ impl TestApp {
     }
 
     pub fn token(&self, user: Uuid) -> String {
-        issue_hs256_token(&self.config.jwt_secret, user, Role::User, 600)
+        self.token_as(user, Role::User)
+    }
+
+    pub fn token_as(&self, user: Uuid, role: Role) -> String {
+        issue_hs256_token(&self.config.jwt_secret, user, role, 600)
     }
 
     /// GET /v1/me/rollups?<query> as `user`; (status, body).
