@@ -153,7 +153,7 @@ pub struct SamplesBatch {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceIn {
-    #[schema(value_type = String, example = "watch-1234")]
+    #[schema(value_type = String, example = "watch-1234", min_length = 1, max_length = 128, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub source_id: SourceId,
     pub device_type: DeviceType,
     #[serde(default)]
@@ -165,7 +165,7 @@ pub struct SourceIn {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SampleIn {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub source_record_id: SourceRecordId,
     /// Metric code from the catalog, e.g. HEART_RATE.
     pub metric: String,
@@ -183,7 +183,8 @@ pub struct SampleIn {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub end_at: Option<Timestamp>,
     /// Local-time offset (-840..=840); defaults to the offset written in `startAt`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral_i32")]
+    #[schema(minimum = -2147483648, maximum = 2147483647)]
     pub tz_offset_minutes: Option<i32>,
     /// Free-form JSON kept with the sample.
     #[serde(default)]
@@ -195,10 +196,27 @@ pub struct SampleIn {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SampleDeletionIn {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub source_record_id: SourceRecordId,
     #[schema(value_type = String, format = DateTime)]
     pub start_at: Timestamp,
+}
+
+/// An optional 32-bit integer, also written as a number with a zero fraction (`60.0`):
+/// JSON Schema counts that as an integer, so a client or generator may send it.
+fn integral_i32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (f64::from(i32::MIN)..=f64::from(i32::MAX)).contains(f))
+            .map(|f| f as i64)
+    });
+    whole
+        .and_then(|v| i32::try_from(v).ok())
+        .map(Some)
+        .ok_or_else(|| de::Error::custom("expected a 32-bit integer"))
 }
 
 /// `POST /v1/events:batch` body.
@@ -219,20 +237,21 @@ pub struct EventsBatch {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventIn {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub event_id: EventId,
     /// caffeine | alcohol | medication | meal | workout | meditation | custom
     #[serde(rename = "type")]
     pub event_type: String,
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub product_id: Option<ProductId>,
     #[schema(value_type = String, format = DateTime)]
     pub start_at: Timestamp,
     #[serde(default)]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub end_at: Option<Timestamp>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral_i32")]
+    #[schema(minimum = -2147483648, maximum = 2147483647)]
     pub tz_offset_minutes: Option<i32>,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -242,7 +261,7 @@ pub struct EventIn {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventDeletionIn {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub event_id: EventId,
 }
 
@@ -303,4 +322,29 @@ pub struct PrivacySettings {
     /// Metric codes the user does not want stored; new samples of them are rejected
     /// with METRIC_BLOCKED (already stored samples stay until deleted).
     pub blocked_metrics: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn offset(v: Value) -> Result<Option<i32>, String> {
+        let event = json!({ "eventId": "e", "type": "meal", "startAt": "2026-01-01T00:00:00Z", "tzOffsetMinutes": v });
+        serde_json::from_value::<EventIn>(event)
+            .map(|e| e.tz_offset_minutes)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn offsets_are_integers_however_written() {
+        assert_eq!(offset(json!(60)), Ok(Some(60)));
+        assert_eq!(offset(json!(-300.0)), Ok(Some(-300)));
+        assert_eq!(offset(json!(-2147483648.0)), Ok(Some(i32::MIN)));
+        assert_eq!(offset(Value::Null), Ok(None));
+        for bad in [json!(60.5), json!(2147483648.0), json!(1e300), json!("60")] {
+            assert!(offset(bad.clone()).is_err(), "{bad}");
+        }
+    }
 }

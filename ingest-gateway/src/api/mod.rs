@@ -111,7 +111,17 @@ pub struct ApiDoc;
 pub fn openapi_json() -> String {
     let mut doc = ApiDoc::openapi();
     doc.merge(OpsApi::openapi());
-    doc.to_json().unwrap_or_else(|_| "{}".to_owned())
+    let Ok(mut doc) = serde_json::to_value(&doc) else {
+        return "{}".to_owned();
+    };
+    // The privacy settings take the catalog's metric codes and nothing else.
+    let codes: Vec<&str> = pulseline_schemas::catalog::Catalog::builtin()
+        .metrics()
+        .map(|m| m.code())
+        .collect();
+    doc["components"]["schemas"]["PrivacySettings"]["properties"]["blockedMetrics"]["items"] =
+        serde_json::json!({ "type": "string", "enum": codes });
+    doc.to_string()
 }
 
 /// All routes with their middleware (the ops routes are counted and traced too).

@@ -45,7 +45,9 @@ pub async fn get_privacy(
         (status = 400, description = "INVALID_BODY (e.g. an unknown metric code)", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
+        (status = 413, description = "BATCH_TOO_LARGE (the body is too large)", body = ErrorEnvelope),
         (status = 415, body = ErrorEnvelope),
+        (status = 429, description = "RATE_LIMITED (Retry-After)", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ),
     security(("bearer" = []))

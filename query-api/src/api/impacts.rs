@@ -14,7 +14,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::AppState;
-use super::model::{ProductImpact, ProductImpactsAnswer, SessionImpact, SessionImpactsAnswer};
+use super::model::{
+    EventTypeParam, PeriodDaysParam, ProductImpact, ProductImpactsAnswer, SessionImpact,
+    SessionImpactsAnswer,
+};
 use crate::error::QueryError;
 use crate::params::{ProductImpactsQuery, SessionImpactsQuery};
 use crate::store::ReadQuery;
@@ -29,10 +32,10 @@ use crate::store::ReadQuery;
     path = "/v1/me/impacts/sessions",
     tag = "read models",
     params(
-        ("from" = String, Query, description = "First local event date, YYYY-MM-DD"),
-        ("to" = String, Query, description = "Last local event date, YYYY-MM-DD (inclusive); at most 366 days after `from`"),
-        ("eventType" = Option<String>, Query, description = "caffeine, alcohol, medication, meal, workout, meditation or custom"),
-        ("productId" = Option<String>, Query, description = "Only events with this product (1 to 256 characters)"),
+        ("from" = String, Query, format = Date, description = "First local event date, YYYY-MM-DD"),
+        ("to" = String, Query, format = Date, description = "Last local event date, YYYY-MM-DD (inclusive); at most 366 days after `from`"),
+        ("eventType" = Option<EventTypeParam>, Query, description = "caffeine, alcohol, medication, meal, workout, meditation or custom"),
+        ("productId" = Option<String>, Query, min_length = 1, max_length = 256, description = "Only events with this product (1 to 256 characters)"),
         ("metric" = Option<String>, Query, description = "Only this metric (a catalog code, e.g. HEART_RATE)"),
     ),
     responses(
@@ -63,7 +66,7 @@ pub async fn get_sessions(
     path = "/v1/me/impacts/products",
     tag = "read models",
     params(
-        ("periodDays" = i32, Query, description = "30 or 90"),
+        ("periodDays" = PeriodDaysParam, Query, description = "30 or 90"),
         ("metric" = Option<String>, Query, description = "Only this metric (a catalog code, e.g. HEART_RATE)"),
     ),
     responses(

@@ -91,6 +91,8 @@ impl AppState {
         sql::SqlRequest,
         crate::analytics::SqlAnswer,
         crate::analytics::SqlColumn,
+        model::EventTypeParam,
+        model::PeriodDaysParam,
         model::Freshness,
         model::StreamFreshness,
         model::FreshnessStatus,

@@ -1,7 +1,9 @@
 //! The JSON shapes of the API's answers (and their OpenAPI schemas).
 
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 /// `GET /v1/me/rollups` answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -207,3 +209,35 @@ pub struct ProductImpact {
     /// 3339 with `Z`). Event time, not the time of the request.
     pub as_of: String,
 }
+
+/// The `eventType` parameter's values (documentation only: the handler parses the text).
+#[derive(Debug)]
+pub struct EventTypeParam;
+
+impl PartialSchema for EventTypeParam {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(
+                pulseline_schemas::records::EVENT_TYPES.iter().copied(),
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for EventTypeParam {}
+
+/// The `periodDays` parameter's values: the product impacts' two periods.
+#[derive(Debug)]
+pub struct PeriodDaysParam;
+
+impl PartialSchema for PeriodDaysParam {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .enum_values(Some([30, 90]))
+            .into()
+    }
+}
+
+impl ToSchema for PeriodDaysParam {}

@@ -31,10 +31,10 @@ use crate::store::ReadQuery;
     path = "/v1/me/rollups",
     tag = "read models",
     params(
-        ("metric" = String, Query, description = "Metric code from the catalog, e.g. STEPS (case-insensitive)"),
-        ("period" = String, Query, description = "`day` or `hour`"),
-        ("from" = String, Query, description = "First local day, YYYY-MM-DD"),
-        ("to" = String, Query, description = "Last local day, YYYY-MM-DD (inclusive); at most 400 days after `from` for day, 31 for hour (configurable)"),
+        ("metric" = String, Query, min_length = 1, description = "Metric code from the catalog, e.g. STEPS (case-insensitive)"),
+        ("period" = String, Query, pattern = "^([dD][aA][yY]|[hH][oO][uU][rR])$", description = "`day` or `hour` (case-insensitive)"),
+        ("from" = String, Query, format = Date, description = "First local day, YYYY-MM-DD"),
+        ("to" = String, Query, format = Date, description = "Last local day, YYYY-MM-DD (inclusive); at most 400 days after `from` for day, 31 for hour (configurable)"),
     ),
     responses(
         (status = 200, description = "The rollups and their freshness", body = RollupsAnswer),

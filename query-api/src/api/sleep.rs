@@ -33,8 +33,8 @@ use crate::store::ReadQuery;
     path = "/v1/me/sleep",
     tag = "read models",
     params(
-        ("from" = String, Query, description = "First date of waking, YYYY-MM-DD (a local date)"),
-        ("to" = String, Query, description = "Last date of waking, YYYY-MM-DD (inclusive); at most 366 days after `from`"),
+        ("from" = String, Query, format = Date, description = "First date of waking, YYYY-MM-DD (a local date)"),
+        ("to" = String, Query, format = Date, description = "Last date of waking, YYYY-MM-DD (inclusive); at most 366 days after `from`"),
     ),
     responses(
         (status = 200, description = "The nights and their freshness", body = SleepAnswer),

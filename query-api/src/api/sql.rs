@@ -20,10 +20,12 @@ use crate::telemetry::AnalyticsQueryRan;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SqlRequest {
-    /// One SELECT, WITH or EXPLAIN statement.
+    /// One SELECT, WITH or EXPLAIN statement (at most 64 KiB).
+    #[schema(min_length = 1, max_length = 65536)]
     pub sql: String,
     /// Most rows to return (default 10,000; at most the configured maximum).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_rows: Option<usize>,
 }
 
