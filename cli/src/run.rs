@@ -88,6 +88,8 @@ struct Tally {
     /// Retries of an answered request: the gateway replays the stored answer.
     replayed: AtomicU64,
     failed: AtomicU64,
+    /// Requests sent again after a failure a retry can fix (same requestId).
+    retried: AtomicU64,
     /// Event items (logged events, edits and deletions) acknowledged.
     events: AtomicU64,
 }
@@ -177,7 +179,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     continue;
                 }
                 let sent = Instant::now();
-                let answer = post(&http, &url, &token, &upload.body).await;
+                let answer = post(&http, &url, &token, &upload.body, &tally.retried).await;
                 tally.requests.fetch_add(1, Ordering::Relaxed);
                 tally
                     .items
@@ -209,7 +211,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 if let Some(events) = u.next_events(Utc::now()) {
                     tally.requests.fetch_add(1, Ordering::Relaxed);
-                    if post(&http, &events_url, &token, &events.body)
+                    if post(&http, &events_url, &token, &events.body, &tally.retried)
                         .await
                         .is_some()
                     {
@@ -328,9 +330,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let t = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!("summary:");
     println!(
-        "  requests {} ({} retries answered from the stored answer, {} failed), items sent {}: accepted {}, updated {}, duplicates {}, deleted {}, rejected {}",
+        "  requests {} ({} retries answered from the stored answer, {} resent after a failure, {} failed), items sent {}: accepted {}, updated {}, duplicates {}, deleted {}, rejected {}",
         t(&tally.requests),
         t(&tally.replayed),
+        t(&tally.retried),
         t(&tally.failed),
         t(&tally.items),
         t(&tally.accepted),
@@ -566,23 +569,47 @@ async fn watch_freshness(
     }
 }
 
+/// Sends one request as a mobile app's upload queue does: a request that failed in a way a
+/// retry can fix (no answer, 409 in progress, 429, 5xx) is sent again, unchanged (the same
+/// requestId), after a backoff that doubles from 100 ms up to 5 s (or the Retry-After the
+/// gateway asked for), for up to 60 s. A request the gateway refused (another 4xx) is not
+/// retried. The answer, or None when it never came; `retries` counts the extra attempts.
 async fn post(
     http: &reqwest::Client,
     url: &str,
     token: &str,
     body: &serde_json::Value,
+    retries: &AtomicU64,
 ) -> Option<serde_json::Value> {
-    let resp = http
-        .post(url)
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .ok()?;
-    if !resp.status().is_success() {
-        return None;
+    const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+    let began = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let wait = match http.post(url).bearer_auth(token).json(body).send().await {
+            Ok(resp) if resp.status().is_success() => return resp.json().await.ok(),
+            Ok(resp) => {
+                let status = resp.status();
+                let retryable = status.is_server_error()
+                    || status == reqwest::StatusCode::CONFLICT
+                    || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+                if !retryable {
+                    return None;
+                }
+                resp.headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(backoff, Duration::from_secs)
+            }
+            Err(_) => backoff,
+        };
+        if began.elapsed() + wait > GIVE_UP_AFTER {
+            return None;
+        }
+        retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    resp.json().await.ok()
 }
 
 /// Compares the gateway's `sample` table with each client's view; returns the differences.
