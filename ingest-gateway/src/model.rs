@@ -188,7 +188,7 @@ pub struct SampleIn {
     pub tz_offset_minutes: Option<i32>,
     /// Free-form JSON kept with the sample.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub metadata: Option<Value>,
 }
 
@@ -254,7 +254,7 @@ pub struct EventIn {
     #[schema(minimum = -2147483648, maximum = 2147483647)]
     pub tz_offset_minutes: Option<i32>,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub attributes: Option<Value>,
 }
 

@@ -7,7 +7,7 @@
 //!
 //! `cargo bench -p pulseline-query-api --bench sql_vs_duckdb`
 //! Needs `python3 -c 'import duckdb'` (`pip install duckdb`). Knobs (env): BENCH_SUBJECTS
-//! (60), BENCH_DAYS (63) — about 2,650 samples per subject-day, so 10 M rows by default;
+//! (60), BENCH_DAYS (64) — about 2,640 samples per subject-day, so 10.1 M rows by default;
 //! BENCH_RUNS (3, best of); BENCH_EXPORT_DIR (a temporary directory; kept if given, and
 //! reused when it already holds an export).
 
@@ -130,24 +130,26 @@ fn simulate(subjects: usize, days: i64) -> (Partitions, usize) {
         deletion: 0.0,
     };
     let catalog = Catalog::builtin();
+    let units: BTreeMap<&str, &'static str> = catalog
+        .metrics()
+        .map(|m| (m.code(), m.canonical_unit()))
+        .collect();
     let mut names = Pseudonymizer::new(DEV_EXPORT_KEY).unwrap_or_else(|e| panic!("{e}"));
     let mut parts = Partitions::new();
     let mut rows = 0;
     for s in 0..subjects {
         let mut user = SimulatedUser::new(1000 + s as u64, start, mix);
-        loop {
+        // Each upload comes from one of the two devices, at random: stop once both are
+        // caught up (a run of empty uploads).
+        let mut empty = 0;
+        while empty < 16 {
             let upload = user.next_upload(5_000, now);
-            if upload.items == 0 {
-                break;
-            }
+            empty = if upload.items == 0 { empty + 1 } else { 0 };
             user.acknowledged(&upload);
         }
         let subject: Arc<str> = names.pseudonym(&user.user_id.to_string()).into();
         for c in user.expected().values() {
-            let unit = catalog.metric(c.metric).map_or("", |m| {
-                // The catalog outlives the bench: a 'static unit text.
-                Box::leak(m.canonical_unit().to_owned().into_boxed_str())
-            });
+            let unit = units.get(c.metric).copied().unwrap_or("");
             parts
                 .entry((
                     c.metric.to_owned(),
@@ -462,7 +464,7 @@ fn run_duckdb(root: &Path, runs: usize, threads: usize) -> Value {
 
 fn main() {
     let subjects = env_usize("BENCH_SUBJECTS", 60);
-    let days = env_usize("BENCH_DAYS", 63) as i64;
+    let days = env_usize("BENCH_DAYS", 64) as i64;
     let runs = env_usize("BENCH_RUNS", 3).max(1);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let temp;

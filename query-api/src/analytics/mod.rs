@@ -21,6 +21,11 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::TableScopedPath;
+use datafusion::execution::cache::cache_manager::{
+    CacheManagerConfig, CachedFileMetadata, CachedFileMetadataEntry,
+};
+use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use pulseline_sinks::export::{ExportSpec, PART_FILE};
@@ -157,11 +162,44 @@ pub struct SqlResult {
 }
 
 /// Runs analysts' SQL over one export root.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqlEngine {
     root: PathBuf,
     datasets: Vec<ExportSpec>,
     limits: SqlLimits,
+    caches: CacheManagerConfig,
+}
+
+impl std::fmt::Debug for SqlEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlEngine")
+            .field("root", &self.root)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Memory for the caches every query shares: Parquet footers, and file statistics.
+const METADATA_CACHE_BYTES: usize = 64 * 1024 * 1024;
+const STATISTICS_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Caches shared by every query's session. Footers and statistics are keyed by the file
+/// and checked against its size and modification time, so a partition the exporter
+/// replaced is read afresh; file listings are never cached, so a new partition is seen
+/// by the next query.
+fn shared_caches() -> CacheManagerConfig {
+    let statistics =
+        DefaultCache::<TableScopedPath, CachedFileMetadata>::new(STATISTICS_CACHE_BYTES);
+    let metadata = DefaultCache::<object_store::path::Path, CachedFileMetadataEntry>::new(
+        METADATA_CACHE_BYTES,
+    );
+    CacheManagerConfig::default()
+        .with_file_statistics_cache(Some(Arc::new(statistics)))
+        .with_file_statistics_cache_limit(STATISTICS_CACHE_BYTES)
+        .with_file_metadata_cache(Some(Arc::new(metadata)))
+        .with_metadata_cache_limit(METADATA_CACHE_BYTES)
+        .with_list_files_cache(None)
+        .with_list_files_cache_limit(0)
 }
 
 impl SqlEngine {
@@ -172,6 +210,7 @@ impl SqlEngine {
             root: root.into(),
             datasets: pulseline_sinks::export::datasets(),
             limits,
+            caches: shared_caches(),
         }
     }
 
@@ -250,12 +289,15 @@ impl SqlEngine {
         }
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.limits.memory_bytes, 1.0)
+            .with_cache_manager(self.caches.clone())
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let statistics = ctx.runtime_env().cache_manager.get_file_statistic_cache();
         for spec in &self.datasets {
             let dir = self.root.join(spec.name);
             if dir.is_dir() {
-                ctx.register_table(spec.name, Arc::new(dataset_table(spec, &dir)?))?;
+                let table = dataset_table(spec, &dir)?.with_cache(statistics.clone());
+                ctx.register_table(spec.name, Arc::new(table))?;
             }
         }
         Ok(ctx)

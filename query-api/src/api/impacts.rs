@@ -35,7 +35,7 @@ use crate::store::ReadQuery;
         ("from" = String, Query, format = Date, description = "First local event date, YYYY-MM-DD"),
         ("to" = String, Query, format = Date, description = "Last local event date, YYYY-MM-DD (inclusive); at most 366 days after `from`"),
         ("eventType" = Option<EventTypeParam>, Query, description = "caffeine, alcohol, medication, meal, workout, meditation or custom"),
-        ("productId" = Option<String>, Query, min_length = 1, max_length = 256, description = "Only events with this product (1 to 256 characters)"),
+        ("productId" = Option<String>, Query, max_length = 256, description = "Only events with this product (1 to 256 characters)"),
         ("metric" = Option<String>, Query, description = "Only this metric (a catalog code, e.g. HEART_RATE)"),
     ),
     responses(

@@ -211,6 +211,7 @@ pub struct ProductImpact {
 }
 
 /// The `eventType` parameter's values (documentation only: the handler parses the text).
+/// An empty value, like every empty optional parameter, means "no filter".
 #[derive(Debug)]
 pub struct EventTypeParam;
 
@@ -219,7 +220,10 @@ impl PartialSchema for EventTypeParam {
         ObjectBuilder::new()
             .schema_type(Type::String)
             .enum_values(Some(
-                pulseline_schemas::records::EVENT_TYPES.iter().copied(),
+                pulseline_schemas::records::EVENT_TYPES
+                    .iter()
+                    .copied()
+                    .chain([""]),
             ))
             .into()
     }
