@@ -230,6 +230,38 @@ async fn partition_filters_skip_other_files() {
     );
 }
 
+/// Queries share cached footers and statistics: a partition the exporter rewrote after a
+/// correction and a deletion is read afresh, and a new partition is seen at once.
+#[tokio::test]
+async fn a_rewritten_or_new_partition_is_read_afresh() {
+    let f = Fixture::new(|_| {}).await;
+    let day = "SELECT count(*), sum(value) FROM samples WHERE metric = 'STEPS' AND date = DATE '2026-11-02'";
+    assert_eq!(f.rows(day).await, vec![json!([8, 1292.0])]);
+    sqlx::query("UPDATE sample SET deleted = true, change_seq = 2 WHERE source_record_id = 's10'")
+        .execute(&f.app.pool)
+        .await
+        .expect("delete");
+    sqlx::query("UPDATE sample SET value = 1000, change_seq = 2 WHERE source_record_id = 's11' AND user_id = $1")
+        .bind(f.users[0])
+        .execute(&f.app.pool)
+        .await
+        .expect("correct");
+    f.sample(
+        f.users[0],
+        "new",
+        "STEPS",
+        "2026-11-05T08:00:00Z",
+        7.0,
+        false,
+    )
+    .await;
+    f.export_now().await;
+    // 1292 - (110 + 210) - 111 + 1000 = 1861
+    assert_eq!(f.rows(day).await, vec![json!([6, 1861.0])]);
+    let new_day = "SELECT count(*) FROM samples WHERE date = DATE '2026-11-05'";
+    assert_eq!(f.rows(new_day).await, vec![json!([1])]);
+}
+
 #[tokio::test]
 async fn only_analysts_run_sql() {
     let f = Fixture::new(|_| {}).await;
