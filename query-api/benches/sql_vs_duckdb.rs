@@ -299,12 +299,16 @@ fn write_rollups(root: &Path, parts: &Partitions) {
     }
 }
 
+/// A night's bed and wake instants, then its in-bed, asleep, awake, REM, deep and core
+/// minutes.
+type NightFigures = [f64; 8];
+
 /// One night per (subject, local date of the last stage ending before noon): stage minutes
 /// from the watch's stages.
 fn write_sleep_nights(root: &Path, parts: &Partitions) {
     let spec = SleepNightUpsert::EXPORT;
     // (night, subject) -> (bed, wake, in bed, asleep, awake, rem, deep, core)
-    let mut nights: BTreeMap<(NaiveDate, Arc<str>), [f64; 8]> = BTreeMap::new();
+    let mut nights: BTreeMap<(NaiveDate, Arc<str>), NightFigures> = BTreeMap::new();
     for ((metric, _), rows) in parts {
         if metric != "SLEEP_STAGE" {
             continue;
@@ -337,7 +341,7 @@ fn write_sleep_nights(root: &Path, parts: &Partitions) {
             }
         }
     }
-    let mut by_date: BTreeMap<NaiveDate, Vec<(Arc<str>, [f64; 8])>> = BTreeMap::new();
+    let mut by_date: BTreeMap<NaiveDate, Vec<(Arc<str>, NightFigures)>> = BTreeMap::new();
     for ((night, subject), f) in nights {
         by_date.entry(night).or_default().push((subject, f));
     }
