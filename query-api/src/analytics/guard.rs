@@ -6,7 +6,7 @@
 use std::ops::ControlFlow;
 
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
-use datafusion::sql::sqlparser::ast::{ObjectName, Statement, TableFactor, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{Statement, TableFactor, Visit, Visitor};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use super::SqlError;
@@ -62,7 +62,7 @@ impl Visitor for TableFunctions {
                 args: Some(_),
                 ..
             }
-            | TableFactor::Function { name, .. } => function_name(name),
+            | TableFactor::Function { name, .. } => name.to_string(),
             TableFactor::TableFunction { .. } => "TABLE(...)".to_owned(),
             _ => return ControlFlow::Continue(()),
         };
@@ -72,10 +72,6 @@ impl Visitor for TableFunctions {
             ControlFlow::Break(name)
         }
     }
-}
-
-fn function_name(name: &ObjectName) -> String {
-    name.to_string()
 }
 
 /// A short name for a refused statement (its first keywords), never its text.
