@@ -12,8 +12,8 @@ use chrono::Utc;
 use pulseline_ingest_gateway::app::Application;
 use pulseline_ingest_gateway::config::{Config, Environment};
 use pulseline_ingest_gateway::retention::{self, RetentionPolicy};
+use pulseline_testkit::private_pg::PrivatePostgres;
 use serde_json::Value;
-use support::private_pg::PrivatePostgres;
 use support::{
     error_code, hr_series, samples_batch, spawn_app, spawn_app_with, start, test_config,
 };

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use pulseline_schemas::records::{Period, RollupUpsert};
 use pulseline_sinks::SinkApplication;
+use pulseline_testkit::private_pg::PrivatePostgres;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -290,51 +291,160 @@ fn start_sink_process(h: &Harness, log: &std::path::Path) -> Child {
         .expect("start pulseline-sink")
 }
 
+/// How far through the topic stored offsets are: the sum of their next offsets.
+fn position(offsets: &BTreeMap<i32, i64>) -> i64 {
+    offsets.values().sum()
+}
+
+/// Waits until the stored offsets differ from `before` (a batch was committed) or reach
+/// `expected`.
+async fn wait_for_a_commit(
+    h: &Harness,
+    before: &BTreeMap<i32, i64>,
+    expected: &BTreeMap<i32, i64>,
+    log: &std::path::Path,
+) {
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let now = h.stored_offsets().await;
+        if &now != before || &now == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress; see {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_killed_with_sigkill_mid_stream_recovers_from_its_stored_offsets() {
+    const KILLS: usize = 3;
+    const ATTEMPTS: usize = 12;
+    let seed = pulseline_testkit::test_seed("sink_binary_killed_with_sigkill", 4);
+    let mut rng = StdRng::seed_from_u64(seed);
     let h = Harness::with_topics("sink-kill").await;
-    let mut rng = StdRng::seed_from_u64(4);
-    let users: Vec<Uuid> = (0..16).map(|_| Uuid::new_v4()).collect();
-    let records = workload(&mut rng, &users, 10);
     let mut producer = RollupProducer::new(&h).await;
-    produce_committed(&mut producer, &records, 80).await;
-    let expected = producer.expected_offsets();
+    let mut records = Vec::new();
     let log = std::env::temp_dir().join(format!("{}sink.log", h.prefix));
 
-    let mut kills = 0;
-    loop {
+    // Each kill must catch the sink with work pending: it committed something since it
+    // started and has not consumed everything. A kill that came too late does not count:
+    // the next attempt gets more records and a shorter delay.
+    let mut max_delay_ms = 40;
+    let (mut kills, mut attempts) = (0, 0);
+    while kills < KILLS {
+        attempts += 1;
+        assert!(
+            attempts <= ATTEMPTS,
+            "only {kills} of {ATTEMPTS} kills caught the sink with work pending"
+        );
+        if h.stored_offsets().await == producer.expected_offsets() {
+            let users: Vec<Uuid> = (0..16).map(|_| Uuid::new_v4()).collect();
+            let more = workload(&mut rng, &users, 10);
+            produce_committed(&mut producer, &more, 80).await;
+            records.extend(more);
+        }
+        let expected = producer.expected_offsets();
         let mut child = start_sink_process(&h, &log);
         let before = h.stored_offsets().await;
-        // Kill it at a random moment once it has committed something new.
-        let deadline = std::time::Instant::now() + WITHIN;
-        loop {
-            let now = h.stored_offsets().await;
-            if now != before || now == expected {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no progress; see {}",
-                log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
+        wait_for_a_commit(&h, &before, &expected, &log).await;
+        let delay = rng.random_range(0..max_delay_ms);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        kills += 1;
-        if h.stored_offsets().await == expected || kills == 3 {
-            break;
+        // The process is gone: what is stored now is what it had committed when killed.
+        let at_kill = h.stored_offsets().await;
+        let (started, done, total) = (position(&before), position(&at_kill), position(&expected));
+        let rows = h.rows().await.len();
+        if at_kill == expected {
+            max_delay_ms = (max_delay_ms / 2).max(1);
+            eprintln!(
+                "attempt {attempts}: killed {delay} ms after its first commit, the sink had \
+                 consumed everything (offsets {total}); not counted, more records and a delay \
+                 under {max_delay_ms} ms next"
+            );
+            continue;
         }
+        kills += 1;
+        assert!(
+            started < done && done < total,
+            "killed with work pending: offsets {started} at start < {done} at the kill < {total}"
+        );
+        eprintln!(
+            "kill {kills}/{KILLS} (attempt {attempts}): {delay} ms after its first commit, with \
+             work pending: offsets at {done} of {total} (from {started} at its start), {rows} of \
+             {} rows written",
+            expected_rows(&records).len()
+        );
     }
     let mut child = start_sink_process(&h, &log);
-    h.wait_for_offsets(&expected, WITHIN).await;
+    h.wait_for_offsets(&producer.expected_offsets(), WITHIN)
+        .await;
     child.kill().unwrap();
     child.wait().unwrap();
 
     assert_eq!(h.rows().await, expected_rows(&records));
     assert_eq!(h.progress().await, expected_progress(&records));
     let _ = std::fs::remove_file(&log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_the_sink_ends_equal_to_what_was_produced() {
+    const RESTARTS: usize = 2;
+    let seed = pulseline_testkit::test_seed("postgres_restarted_under_the_sink", 6);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let pg = PrivatePostgres::start();
+    let h = Harness::with_topics_on(pg.stack(), "sink-pg-restart").await;
+    let mut producer = RollupProducer::new(&h).await;
+    let mut records = Vec::new();
+    let app = SinkApplication::build(h.config(20)).await.unwrap();
+    let telemetry = app.telemetry();
+    let (stop, task) = spawn_sink(app);
+
+    for restart in 1..=RESTARTS {
+        // New records for the sink to work through (one transaction: all visible at once,
+        // many batches of 20 for the sink), then a restart while it is at it.
+        let users: Vec<Uuid> = (0..24).map(|_| Uuid::new_v4()).collect();
+        let more = workload(&mut rng, &users, 10);
+        let before = h.stored_offsets().await;
+        producer.transaction(&more, true).await;
+        records.extend(more);
+        let expected = producer.expected_offsets();
+        let log = std::path::Path::new("(in-process sink)");
+        wait_for_a_commit(&h, &before, &expected, log).await;
+        let at_restart = h.stored_offsets().await;
+        let down = rng.random_range(200..1500);
+        tokio::task::block_in_place(|| pg.restart_immediate(Duration::from_millis(down)));
+        let (done, total) = (position(&at_restart), position(&expected));
+        eprintln!(
+            "restart {restart}/{RESTARTS}: offsets at {done} of {total} (from {}), Postgres \
+             down for {down} ms",
+            position(&before)
+        );
+        assert!(
+            done < total,
+            "the sink had consumed everything before restart {restart}: not a restart under load"
+        );
+    }
+    h.wait_for_offsets(&producer.expected_offsets(), Duration::from_secs(120))
+        .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    assert_eq!(h.rows().await, expected_rows(&records));
+    assert_eq!(h.progress().await, expected_progress(&records));
+    assert_eq!(h.stored_offsets().await, producer.expected_offsets());
+    eprintln!(
+        "{} records produced, {} consumed (batches retried after the restarts read again), \
+         {} rows applied, {} stale skipped",
+        records.len(),
+        telemetry.records_consumed(),
+        telemetry.rows_applied(),
+        telemetry.stale_skipped()
+    );
 }
 
 #[test]

@@ -8,12 +8,27 @@
 #[cfg(feature = "cql-emulator")]
 pub mod cql_emulator;
 mod gateway_schema;
+pub mod private_pg;
 
 use std::env;
 
 pub use gateway_schema::create_gateway_tables;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+/// The seed of a test's random choices (fault timings, workloads): `PULSELINE_TEST_SEED` if
+/// set, else `default`. Printed to stderr, so that a failure can be replayed with the seed.
+pub fn test_seed(test: &str, default: u64) -> u64 {
+    let seed = match env::var("PULSELINE_TEST_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("PULSELINE_TEST_SEED={s:?} is not a u64: {e}")),
+        Err(_) => default,
+    };
+    eprintln!("{test}: seed {seed} (replay with PULSELINE_TEST_SEED={seed})");
+    seed
+}
 
 /// Addresses of the running local stack, from the same variables the services read.
 #[derive(Debug, Clone)]

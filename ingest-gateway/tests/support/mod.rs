@@ -2,10 +2,9 @@
 //! database, random port), tokens, request helpers and outbox readers.
 //!
 //! Needs: the local Postgres (`scripts/stack up`). The readiness test also needs the
-//! broker; the outage test starts its own private Postgres cluster (`private_pg`).
+//! broker; the outage test starts its own private Postgres cluster
+//! (`pulseline_testkit::private_pg`).
 #![allow(dead_code)]
-
-pub mod private_pg;
 
 use std::time::Duration;
 

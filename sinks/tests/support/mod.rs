@@ -30,7 +30,12 @@ pub struct Harness {
 impl Harness {
     /// A database with the sink's tables; no topics.
     pub async fn database_only() -> Self {
-        let stack = Stack::from_env();
+        Self::database_on(Stack::from_env()).await
+    }
+
+    /// A database with the sink's tables on `stack`'s Postgres server (e.g. a private
+    /// cluster the test restarts); no topics.
+    pub async fn database_on(stack: Stack) -> Self {
         let db = stack.create_database().await;
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(8)
@@ -51,7 +56,12 @@ impl Harness {
 
     /// A database plus this test's own topics.
     pub async fn with_topics(test: &str) -> Self {
-        let mut h = Self::database_only().await;
+        Self::with_topics_on(Stack::from_env(), test).await
+    }
+
+    /// `with_topics`, with the database on `stack`'s Postgres server.
+    pub async fn with_topics_on(stack: Stack, test: &str) -> Self {
+        let mut h = Self::database_on(stack).await;
         h.prefix = h.stack.unique_prefix(test);
         h.stack.create_topics(&h.prefix).await;
         h

@@ -97,6 +97,23 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The local stack's broker and registry with this cluster as the Postgres server, so
+    /// `create_database` makes the test's database here.
+    pub fn stack(&self) -> crate::Stack {
+        crate::Stack {
+            postgres_server_url: format!("postgres://postgres@127.0.0.1:{}", self.port),
+            ..crate::Stack::from_env()
+        }
+    }
+
+    /// Restarts in immediate mode, as a crash and recovery would: every connection drops,
+    /// uncommitted transactions are lost; `down_for` is how long it stays down.
+    pub fn restart_immediate(&self, down_for: std::time::Duration) {
+        self.stop();
+        std::thread::sleep(down_for);
+        self.start_server();
+    }
+
     /// Starts the server again (after `stop`), on the same port and data.
     pub fn start_server(&self) {
         let opts = format!(
