@@ -48,29 +48,21 @@ fn every_avsc_file_parses_and_is_compiled_in() {
     }
 }
 
-/// The latest committed version of `path` that differs from the working copy, if any.
-fn previous_committed_version(path: &str, current: &str) -> Option<(String, String)> {
+/// The distinct committed versions of `path`, oldest first, each with its short commit id (a commit
+/// that left the text as it was adds nothing).
+fn committed_versions(path: &str) -> Vec<(String, String)> {
     let root = repo_root();
-    let has_history = Command::new("git")
-        .args(["rev-parse", "--verify", "--quiet", "HEAD"])
-        .current_dir(&root)
-        .output()
-        .expect("git is installed (the compatibility check reads schema history from git)")
-        .status
-        .success();
-    if !has_history {
-        return None; // a repository before its first commit has no previous version
-    }
     let log = Command::new("git")
-        .args(["log", "--format=%H", "--", path])
+        .args(["log", "--reverse", "--format=%H", "--", path])
         .current_dir(&root)
         .output()
         .expect("git is installed (the compatibility check reads schema history from git)");
     assert!(
         log.status.success(),
-        "git log failed: {}",
+        "git log failed (the compatibility check needs the repository's history): {}",
         String::from_utf8_lossy(&log.stderr)
     );
+    let mut versions: Vec<(String, String)> = Vec::new();
     for commit in String::from_utf8_lossy(&log.stdout).lines() {
         let show = Command::new("git")
             .args(["show", &format!("{commit}:{path}")])
@@ -81,11 +73,11 @@ fn previous_committed_version(path: &str, current: &str) -> Option<(String, Stri
             continue; // deleted in that commit
         }
         let text = String::from_utf8_lossy(&show.stdout).into_owned();
-        if text != current {
-            return Some((commit.to_owned(), text));
+        if versions.last().is_none_or(|(_, last)| *last != text) {
+            versions.push((commit[..12].to_owned(), text));
         }
     }
-    None
+    versions
 }
 
 /// BACKWARD: a reader with the new schema reads every record written with the old one.
@@ -99,19 +91,43 @@ fn backward_compatible(old: &str, new: &str) -> Result<(), String> {
     }
 }
 
+/// Schema changes in the history when this check was written (rollup_upsert,
+/// session_impact_upsert and sleep_night_upsert each changed once); history only grows, so
+/// fewer compared pairs means the check did not see the history (a shallow clone, a copy
+/// without `.git`) and proves nothing.
+const SCHEMA_CHANGES_AT_LEAST: usize = 3;
+
 #[test]
 fn every_schema_change_is_backward_compatible_with_the_previous_committed_version() {
-    let mut compared = 0;
+    let mut compared = Vec::new();
     for (file, text) in ALL_SCHEMAS {
         let path = format!("schemas/avro/{file}");
-        if let Some((commit, old)) = previous_committed_version(&path, text) {
-            backward_compatible(&old, text).unwrap_or_else(|e| {
-                panic!("{path} breaks BACKWARD compatibility with its version in {commit}: {e}")
+        // Every committed change, then the working copy against the last commit.
+        let mut versions = committed_versions(&path);
+        if versions.last().is_none_or(|(_, last)| last != text) {
+            versions.push(("working copy".to_owned(), (*text).to_owned()));
+        }
+        for pair in versions.windows(2) {
+            let ((old_commit, old), (new_commit, new)) = (&pair[0], &pair[1]);
+            backward_compatible(old, new).unwrap_or_else(|e| {
+                panic!(
+                    "{path} in {new_commit} breaks BACKWARD compatibility with its version in \
+                     {old_commit}: {e}"
+                )
             });
-            compared += 1;
+            compared.push(format!("{file}: {old_commit} -> {new_commit}"));
         }
     }
-    eprintln!("compared {compared} schema(s) with an earlier committed version");
+    eprintln!(
+        "compared {} schema version pair(s): {compared:#?}",
+        compared.len()
+    );
+    assert!(
+        compared.len() >= SCHEMA_CHANGES_AT_LEAST,
+        "compared {} schema version pairs, expected at least {SCHEMA_CHANGES_AT_LEAST}: \
+         is the git history there (`git fetch --unshallow`)?",
+        compared.len()
+    );
 }
 
 #[test]
@@ -439,4 +455,146 @@ async fn records_travel_through_the_real_broker_keyed_by_user() {
         got.push(decoded);
     }
     assert_eq!(got, records, "same records, same order");
+}
+
+/// A private rivven-schema on a free port, started the way `scripts/stack` starts the
+/// shared one (`rivven-schema serve --host 127.0.0.1 --port <port>`): restarting it
+/// disturbs no other test. Like the shared one it keeps schemas in memory only.
+struct PrivateRegistry {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRegistry {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Self::spawn(port);
+        Self::wait_until_listening(port);
+        Self { port, child }
+    }
+
+    fn spawn(port: u16) -> std::process::Child {
+        Command::new("rivven-schema")
+            .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rivven-schema on PATH (`scripts/stack up` installs it)")
+    }
+
+    fn wait_until_listening(port: u16) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rivven-schema did not listen on {port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it and starts it again on the same port: everything registered is gone.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port);
+        Self::wait_until_listening(self.port);
+    }
+}
+
+impl Drop for PrivateRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Decodes as a reader does, the error as text.
+async fn read<R: AvroRecord>(codec: &AvroCodec, bytes: &[u8]) -> Result<R, String> {
+    codec.decode(bytes).await.map_err(|e| e.to_string())
+}
+
+fn schema_id(bytes: &[u8]) -> u32 {
+    u32::from_be_bytes(bytes[1..5].try_into().expect("4-byte schema id"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: rivven-schema keeps schemas in memory and numbers them in registration \
+            order, so after a restart the ids on records already written are unknown or name \
+            another schema; no product fix yet"]
+async fn records_written_before_a_registry_restart_stay_readable() {
+    let mut registry = PrivateRegistry::start();
+    let prefix = "t-registry-restart.";
+    let url = registry.url();
+    let codec = || AvroCodec::new(&url, prefix).expect("codec");
+    // Before the restart the writers register samples first, then events.
+    let writer = codec();
+    let old_sample = writer.encode(&sample()).await.expect("encode");
+    let old_event = writer.encode(&event()).await.expect("encode");
+
+    tokio::task::block_in_place(|| registry.restart());
+
+    // After it, restarted writers come back in another order (events first), as nothing
+    // orders them; new records can be written and read.
+    let restarted_writer = codec();
+    let new_event = UserEventChange {
+        change_seq: 8,
+        ..event()
+    };
+    let new_sample = SampleChange {
+        change_seq: 43,
+        ..sample()
+    };
+    let new_event_bytes = restarted_writer.encode(&new_event).await.expect("write");
+    let new_sample_bytes = restarted_writer.encode(&new_sample).await.expect("write");
+    // A reader started after the restart: a restarted processor (`decode`) or sink.
+    let reader = codec();
+    assert_eq!(read(&reader, &new_event_bytes).await, Ok(new_event));
+    assert_eq!(read(&reader, &new_sample_bytes).await, Ok(new_sample));
+    eprintln!(
+        "schema ids before the restart: samples {}, events {}; after: samples {}, events {}",
+        schema_id(&old_sample),
+        schema_id(&old_event),
+        schema_id(&new_sample_bytes),
+        schema_id(&new_event_bytes)
+    );
+
+    // The records already on the topics, written under the old ids.
+    let old_sample_read: Result<SampleChange, _> = read(&reader, &old_sample).await;
+    let old_event_read: Result<UserEventChange, _> = read(&reader, &old_event).await;
+    // And a writer that ran across the restart (its schema id resolved before it).
+    let kept_writer_sample = SampleChange {
+        change_seq: 44,
+        ..sample()
+    };
+    let kept_writer_bytes = writer.encode(&kept_writer_sample).await.expect("encode");
+    let kept_writer_read: Result<SampleChange, _> = read(&reader, &kept_writer_bytes).await;
+    eprintln!(
+        "after the restart: old sample -> {old_sample_read:?}\nold event -> \
+         {old_event_read:?}\nsample from the writer that kept running (id {}) -> \
+         {kept_writer_read:?}",
+        schema_id(&kept_writer_bytes)
+    );
+    assert_eq!(
+        old_sample_read,
+        Ok(sample()),
+        "a sample written before the restart"
+    );
+    assert_eq!(
+        old_event_read,
+        Ok(event()),
+        "an event written before the restart"
+    );
+    assert_eq!(
+        kept_writer_read,
+        Ok(kept_writer_sample),
+        "a sample from a writer that kept running across the restart"
+    );
 }
