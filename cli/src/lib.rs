@@ -1,3 +1,7 @@
 //! The `pulseline` command's reusable part: the whole pipeline in one process.
 
+pub mod chaos;
+pub mod check;
+pub mod clients;
+pub mod ops;
 pub mod pipeline;

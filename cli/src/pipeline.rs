@@ -74,6 +74,7 @@ pub struct Pipeline {
     pub relay_metrics_addr: SocketAddr,
     pub processors: RuntimeHandle,
     jwt_secret: String,
+    config: PipelineConfig,
 }
 
 impl Pipeline {
@@ -130,23 +131,7 @@ impl Pipeline {
         let query_url = format!("http://{}", query.local_addr());
         tokio::spawn(query.run_until(std::future::pending()));
 
-        let runtime_config = RuntimeConfig {
-            kafka_bootstrap: config.kafka_bootstrap.clone(),
-            schema_registry_url: config.schema_registry_url.clone(),
-            topic_prefix: config.topic_prefix.clone(),
-            ..config.runtime
-        };
-        let processors = Runtime::new(runtime_config, registry(&config.processors))
-            .context("configuring the stream processors")?
-            .start();
-        let joining = Instant::now();
-        while processors.status().assigned().is_empty() {
-            ensure!(
-                joining.elapsed() < Duration::from_secs(90),
-                "the stream processors got no partitions within 90 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let processors = start_processors(&config).await?;
         Ok(Self {
             gateway_url,
             query_url,
@@ -154,7 +139,25 @@ impl Pipeline {
             relay_metrics_addr,
             processors,
             jwt_secret,
+            config,
         })
+    }
+
+    /// Stops the stream processors and starts them again with other settings (what an
+    /// operator does to fix the cause of dead letters, e.g. a larger allowed lateness).
+    pub async fn restart_processors(mut self, runtime: RuntimeConfig) -> anyhow::Result<Self> {
+        self.processors
+            .shutdown()
+            .await
+            .context("stopping the stream processors")?;
+        self.config.runtime = runtime;
+        self.processors = start_processors(&self.config).await?;
+        Ok(self)
+    }
+
+    /// The database, broker, registry and prefix it runs on.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
     }
 
     /// A user token the gateway and the query API accept (the development secret).
@@ -166,4 +169,26 @@ impl Pipeline {
     pub fn analyst_token(&self) -> String {
         issue_hs256_token(&self.jwt_secret, Uuid::now_v7(), Role::Analyst, 24 * 3600)
     }
+}
+
+/// Starts the processors, then waits (up to 90 s) until they own partitions.
+async fn start_processors(config: &PipelineConfig) -> anyhow::Result<RuntimeHandle> {
+    let runtime_config = RuntimeConfig {
+        kafka_bootstrap: config.kafka_bootstrap.clone(),
+        schema_registry_url: config.schema_registry_url.clone(),
+        topic_prefix: config.topic_prefix.clone(),
+        ..config.runtime.clone()
+    };
+    let processors = Runtime::new(runtime_config, registry(&config.processors))
+        .context("configuring the stream processors")?
+        .start();
+    let joining = Instant::now();
+    while processors.status().assigned().is_empty() {
+        ensure!(
+            joining.elapsed() < Duration::from_secs(90),
+            "the stream processors got no partitions within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(processors)
 }

@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
-use super::{OutboxRelay, RelayConfig, RelayError, RepublishScope, StreamChoice, Users, republish};
+use super::{
+    ChangeIds, OutboxRelay, RelayConfig, RelayError, RepublishScope, StreamChoice, Users, republish,
+};
 
 /// Publishes the Postgres outbox to Kafka, or re-enqueues accepted data from Postgres.
 #[derive(Debug, clap::Parser)]
@@ -45,6 +47,10 @@ pub struct RepublishArgs {
     pub to: Option<DateTime<Utc>>,
     #[arg(long, value_enum, default_value_t = StreamChoice::Both)]
     pub stream: StreamChoice,
+    /// Accept the current content again under new change ids, so processors apply it even
+    /// where they passed the old ids (repairs a read model; see `pulseline reconcile`).
+    #[arg(long)]
+    pub renew_change_ids: bool,
 }
 
 impl RepublishArgs {
@@ -54,6 +60,12 @@ impl RepublishArgs {
             from: self.from,
             to: self.to,
             streams: self.stream,
+            change_ids: if self.renew_change_ids {
+                ChangeIds::Renew
+            } else {
+                ChangeIds::Keep
+            },
+            only: None,
         }
     }
 }

@@ -68,7 +68,9 @@ pub use cli::{Cli, Command, RepublishArgs, run_cli};
 pub use config::RelayConfig;
 pub use error::RelayError;
 pub use metrics::RelayMetrics;
-pub use republish::{RepublishScope, RepublishSummary, StreamChoice, Users, republish};
+pub use republish::{
+    ChangeIds, ItemKeys, RepublishScope, RepublishSummary, StreamChoice, Users, republish,
+};
 
 use self::publish::{BatchOutcome, create_producer};
 use crate::outbox::{self, ClaimedRow, OutboxRecord, Stream};
