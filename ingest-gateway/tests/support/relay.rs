@@ -27,7 +27,12 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new(test: &str) -> Self {
-        let stack = Stack::from_env();
+        Self::on(Stack::from_env(), test).await
+    }
+
+    /// A harness whose database lives on `stack`'s Postgres server (e.g. a private cluster
+    /// the test restarts).
+    pub async fn on(stack: Stack, test: &str) -> Self {
         let db = stack.create_database().await;
         let prefix = stack.unique_prefix(test);
         stack.create_topics(&prefix).await;
