@@ -268,6 +268,22 @@ pub struct ChaosArgs {
     /// the system's temporary directory).
     #[arg(long)]
     log_dir: Option<std::path::PathBuf>,
+    /// Only these kinds of fault (gateway, relay, processor, sink, postgres, broker);
+    /// repeatable or comma-separated. Default: all.
+    #[arg(long, value_delimiter = ',', value_parser = parse_fault)]
+    faults: Vec<pulseline_cli::chaos::Fault>,
+}
+
+fn parse_fault(s: &str) -> Result<pulseline_cli::chaos::Fault, String> {
+    use pulseline_cli::chaos::FAULTS;
+    FAULTS
+        .iter()
+        .find(|(name, _)| *name == s)
+        .map(|(_, f)| *f)
+        .ok_or_else(|| {
+            let names: Vec<&str> = FAULTS.iter().map(|(n, _)| *n).collect();
+            format!("'{s}' is not one of {}", names.join(", "))
+        })
 }
 
 pub async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
@@ -293,6 +309,14 @@ pub async fn chaos(args: ChaosArgs) -> anyhow::Result<()> {
         noida_bin: noida_binary()?,
         schema_registry_url: args.schema_registry_url,
         log_dir,
+        faults: if args.faults.is_empty() {
+            pulseline_cli::chaos::FAULTS
+                .iter()
+                .map(|(_, f)| *f)
+                .collect()
+        } else {
+            args.faults
+        },
     })
     .await?;
     if !report.passed() {

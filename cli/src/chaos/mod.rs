@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use crate::check::{self, Served};
 use crate::clients;
+use crate::ops::{reconcile, sink_offsets};
 pub use processes::noida_binary;
 use processes::{Service, free_port, wait_listening};
 
@@ -53,6 +54,8 @@ pub struct ChaosConfig {
     pub schema_registry_url: String,
     /// Where the services' logs go.
     pub log_dir: PathBuf,
+    /// The kinds of fault to inject (`FAULTS`).
+    pub faults: Vec<Fault>,
 }
 
 /// One fault of the schedule.
@@ -86,19 +89,25 @@ pub struct Scheduled {
     pub down_for: Duration,
 }
 
-/// The seed's faults over `duration`: every kind once, in a seeded order, at seeded times
-/// spread over the first 80 % (so the last one heals before the load ends), then more of
-/// them in seeded order while time allows (one every 6 s on average).
-pub fn schedule(seed: u64, duration: Duration) -> Vec<Scheduled> {
+/// Every kind of fault, by the name `--faults` takes.
+pub const FAULTS: [(&str, Fault); 6] = [
+    ("gateway", Fault::Kill(GATEWAY)),
+    ("relay", Fault::Kill(RELAY)),
+    ("processor", Fault::Kill(PROCESSOR)),
+    ("sink", Fault::Kill(SINK)),
+    ("postgres", Fault::RestartPostgres),
+    ("broker", Fault::RestartBroker),
+];
+
+/// The seed's faults of the given kinds over `duration`: every kind once, in a seeded
+/// order, at seeded times spread over the first 80 % (so the last one heals before the
+/// load ends), then more of them in seeded order while time allows (one every 6 s on
+/// average).
+pub fn schedule(seed: u64, duration: Duration, kinds: &[Fault]) -> Vec<Scheduled> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let kinds = [
-        Fault::Kill(GATEWAY),
-        Fault::Kill(RELAY),
-        Fault::Kill(PROCESSOR),
-        Fault::Kill(SINK),
-        Fault::RestartPostgres,
-        Fault::RestartBroker,
-    ];
+    if kinds.is_empty() {
+        return Vec::new();
+    }
     let window = duration.mul_f64(0.8);
     let count = (window.as_secs() / 6).max(kinds.len() as u64) as usize;
     let mut faults: Vec<Fault> = kinds.to_vec();
@@ -145,6 +154,13 @@ pub struct ChaosReport {
     pub examples: Vec<String>,
     /// Seconds from the end of the load until every user was fresh.
     pub settled_secs: f64,
+    /// Users whose data was accepted again after the broker lost records (0 when the
+    /// broker was not restarted).
+    pub repaired_users: usize,
+    /// Parts that exited on their own and were restarted (a processor stops on a fatal
+    /// producer error, e.g. when the broker forgot its producer state; as in production, it
+    /// is started again).
+    pub restarts: Vec<String>,
 }
 
 impl ChaosReport {
@@ -191,7 +207,7 @@ impl Parts {
         Ok(())
     }
 
-    /// A service that died on its own is a finding: restart it and say so.
+    /// A part that died on its own is restarted (as an orchestrator would) and reported.
     fn revive(&mut self) -> anyhow::Result<Vec<String>> {
         let mut revived = Vec::new();
         for s in self
@@ -214,7 +230,7 @@ impl Parts {
 
 /// Runs the chaos: sets up, loads, injects the schedule's faults, heals, checks, prints.
 pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
-    let faults = schedule(config.seed, config.duration);
+    let faults = schedule(config.seed, config.duration, &config.faults);
     println!(
         "pulseline chaos: seed {}, {} users for {} s, {} faults scheduled; logs in {}",
         config.seed,
@@ -329,11 +345,13 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         s.start()?;
         services.push(s);
     }
-    let mut parts = Parts {
+    let parts = Arc::new(Mutex::new(Parts {
         postgres,
         broker,
         services,
-    };
+    }));
+    let restarts: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let supervisor = tokio::spawn(supervise(parts.clone(), restarts.clone()));
     let pool = PgPool::connect(&database_url).await?;
     wait_for_tables(&pool).await?;
 
@@ -373,23 +391,15 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             s.fault,
             s.down_for.as_secs_f64()
         );
-        parts.inject(s).await?;
+        parts.lock().await.inject(s).await?;
         report
             .faults
             .push((at, s.fault.to_string(), s.down_for.as_secs_f64()));
-        for finding in parts.revive()? {
-            println!("  {finding}");
-            report.examples.push(finding);
-        }
     }
     for c in clients_running {
         c.await?;
     }
     let load_ended = Instant::now();
-    for finding in parts.revive()? {
-        println!("  {finding}");
-        report.examples.push(finding);
-    }
     println!(
         "load over after {:.1} s; waiting until every user is fresh ...",
         began.elapsed().as_secs_f64()
@@ -402,6 +412,12 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         }
         ids
     };
+    if faults.iter().any(|f| f.fault == Fault::RestartBroker) {
+        // What noida-db loses on a restart (records it had acknowledged, producer state) is
+        // recovered as an operator would: the commands, never hand-written SQL.
+        wait_fresh(&pool, &user_ids, Duration::from_secs(30)).await?;
+        report.repaired_users = recover_from_broker_loss(&parts, &pool, &user_ids).await?;
+    }
     report.stale_users = wait_fresh(&pool, &user_ids, Duration::from_secs(180)).await?;
     report.settled_secs = load_ended.elapsed().as_secs_f64();
     report.requests = counters.requests.load(Ordering::Relaxed);
@@ -417,12 +433,73 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
             .oracle
             .push((c.read_model, c.compared, c.problems.len()));
     }
+    supervisor.abort();
+    report.restarts = restarts.lock().map(|r| r.clone()).unwrap_or_default();
     print_report(&report);
+    let mut parts = parts.lock().await;
     for s in parts.services.iter_mut() {
         s.stop(Duration::from_secs(10)).await?;
     }
     parts.broker.stop(Duration::from_secs(10)).await?;
     Ok(report)
+}
+
+/// The recovery after a broker that may have lost records: the sink, stopped, forgets its
+/// stored offsets (the logs may have restarted lower) and reads from the start; then every
+/// user whose read models are stale or differ from the oracle over Postgres
+/// (`pulseline reconcile`) has their data accepted again (`reconcile --repair`). Returns how
+/// many users were repaired.
+async fn recover_from_broker_loss(
+    parts: &Mutex<Parts>,
+    pool: &PgPool,
+    users: &[Uuid],
+) -> anyhow::Result<usize> {
+    let offsets = {
+        let mut parts = parts.lock().await;
+        let sink = parts
+            .services
+            .iter_mut()
+            .find(|s| s.name == SINK)
+            .context("no sink")?;
+        sink.stop(Duration::from_secs(20)).await?;
+        let offsets = sink_offsets::reset(pool, &sink_offsets::OffsetSelection::default()).await?;
+        sink.start()?;
+        offsets
+    };
+    let mut repair = Vec::new();
+    for user in users {
+        let stale = check::stale_users(pool, &[*user]).await? > 0;
+        if stale || reconcile::compare(pool, Some(*user)).await?.differences() > 0 {
+            repair.push(*user);
+        }
+    }
+    let records = reconcile::repair(
+        pool,
+        pulseline_ingest_gateway::outbox::DEFAULT_SHARDS,
+        &repair,
+    )
+    .await?;
+    println!(
+        "  recovery after the broker restarts: sink offsets reset ({offsets} deleted), {} of {} users stale or different from Postgres accepted again ({records} records)",
+        repair.len(),
+        users.len()
+    );
+    Ok(repair.len())
+}
+
+/// Restarts every part that exits on its own, twice a second, and notes it.
+async fn supervise(parts: Arc<Mutex<Parts>>, restarts: Arc<std::sync::Mutex<Vec<String>>>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let found = parts.lock().await.revive();
+        let found = found.unwrap_or_else(|e| vec![format!("could not restart a part: {e:#}")]);
+        for f in found {
+            println!("  {f}");
+            if let Ok(mut r) = restarts.lock() {
+                r.push(f);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -532,6 +609,15 @@ fn print_report(r: &ChaosReport) {
             format!("NO, {} stale", r.stale_users)
         }
     );
+    for restart in &r.restarts {
+        println!("  restarted: {restart}");
+    }
+    if r.repaired_users > 0 {
+        println!(
+            "  recovery: {} users' data accepted again after the broker lost records",
+            r.repaired_users
+        );
+    }
     println!(
         "  check: Postgres holds what the clients were acknowledged: {} samples differ",
         r.stored_mismatches
