@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pulseline_cli::chaos::{ChaosConfig, FAULTS, Fault, noida_binary, run, schedule};
+use pulseline_cli::chaos::{ChaosConfig, ChaosReport, FAULTS, Fault, noida_binary, run, schedule};
 use pulseline_testkit::{Stack, test_seed};
 
 /// target/debug, where cargo put the service binaries beside this test's directory.
@@ -57,13 +57,15 @@ fn a_seed_always_gives_the_same_schedule_with_every_fault() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_seeded_chaos_run_loses_nothing_and_counts_nothing_twice() {
-    let seed = test_seed("chaos", 20_261_202);
+/// Runs `pulseline chaos` with these faults for `seconds`; panics with the report and the
+/// kept logs when a check fails.
+async fn chaos(test: &str, default_seed: u64, seconds: u64, faults: Vec<Fault>) -> ChaosReport {
+    let seed = test_seed(test, default_seed);
+    let duration = Duration::from_secs(seconds);
     let logs = tempfile::tempdir().expect("log directory");
     let report = run(ChaosConfig {
         seed,
-        duration: Duration::from_secs(40),
+        duration,
         users: 3,
         batch: 100,
         backlog_days: 2,
@@ -71,14 +73,11 @@ async fn a_seeded_chaos_run_loses_nothing_and_counts_nothing_twice() {
         noida_bin: noida_binary().expect("noida-db (scripts/stack up installs it)"),
         schema_registry_url: Stack::from_env().schema_registry_url,
         log_dir: logs.path().to_path_buf(),
-        faults: every_fault(),
+        faults: faults.clone(),
     })
     .await
     .expect("the chaos run completes");
-    assert_eq!(
-        report.faults.len(),
-        schedule(seed, Duration::from_secs(40)).len()
-    );
+    assert_eq!(report.faults.len(), schedule(seed, duration, &faults).len());
     assert!(report.acknowledged_items > 0, "{report:?}");
     assert!(
         report.oracle.iter().all(|(_, compared, _)| *compared > 0),
@@ -89,4 +88,24 @@ async fn a_seeded_chaos_run_loses_nothing_and_counts_nothing_twice() {
         "seed {seed} (rerun with PULSELINE_TEST_SEED={seed}); logs kept in {}: {report:?}",
         logs.keep().display()
     );
+    report
+}
+
+/// Without the broker restarts nothing may be lost anywhere, so no repair runs: the
+/// pipeline must converge on its own after SIGKILLs and Postgres crashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_services_and_a_crashed_postgres_lose_nothing_and_count_nothing_twice() {
+    let faults: Vec<Fault> = every_fault()
+        .into_iter()
+        .filter(|f| *f != Fault::RestartBroker)
+        .collect();
+    let report = chaos("chaos-services", 20_261_203, 30, faults).await;
+    assert_eq!(report.repaired_users, 0);
+}
+
+/// With the broker restarts too: noida-db may lose records it acknowledged, which the
+/// operations commands recover from Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_fault_including_broker_restarts_ends_equal_to_the_oracle_after_recovery() {
+    chaos("chaos-all", 20_261_202, 40, every_fault()).await;
 }
