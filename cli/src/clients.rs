@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use pulseline_schemas::Operation;
 use pulseline_schemas::records::{SampleChange, UserEventChange};
-use pulseline_simulator::{NaturalKey, SimulatedUser};
+use pulseline_simulator::{NaturalKey, SampleContent, SimulatedUser};
 use pulseline_stream_processors::Input;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
+use uuid::Uuid;
 
 /// Sends one request as a mobile app's upload queue does: a request that failed in a way a
 /// retry can fix (no answer, 409 in progress, 429, 5xx) is sent again, unchanged (the same
@@ -73,13 +74,12 @@ pub async fn stored_sample_mismatches(
     users: &[Arc<Mutex<SimulatedUser>>],
 ) -> anyhow::Result<usize> {
     let mut mismatches = 0;
-    for user in users {
-        let u = user.lock().await;
+    for (user, expected) in believed(users).await {
         let rows: Vec<StoredSampleRow> = sqlx::query_as(
             "SELECT source_id, source_record_id, start_at, metric, value, category
              FROM sample WHERE user_id = $1 AND NOT deleted",
         )
-        .bind(u.user_id)
+        .bind(user)
         .fetch_all(pool)
         .await?;
         let stored: BTreeMap<NaturalKey, (String, Option<f64>, Option<String>)> = rows
@@ -97,8 +97,7 @@ pub async fn stored_sample_mismatches(
                 },
             )
             .collect();
-        let expected: BTreeMap<NaturalKey, (String, Option<f64>, Option<String>)> = u
-            .expected()
+        let expected: BTreeMap<NaturalKey, (String, Option<f64>, Option<String>)> = expected
             .iter()
             .map(|(k, c)| {
                 (
@@ -116,19 +115,34 @@ pub async fn stored_sample_mismatches(
     Ok(mismatches)
 }
 
+/// Each user's samples as their apps believe them stored (a user may have several apps;
+/// their devices, so their keys, differ).
+async fn believed(
+    apps: &[Arc<Mutex<SimulatedUser>>],
+) -> BTreeMap<Uuid, BTreeMap<NaturalKey, SampleContent>> {
+    let mut users: BTreeMap<Uuid, BTreeMap<NaturalKey, SampleContent>> = BTreeMap::new();
+    for app in apps {
+        let app = app.lock().await;
+        users
+            .entry(app.user_id)
+            .or_default()
+            .extend(app.expected().iter().map(|(k, c)| (k.clone(), c.clone())));
+    }
+    users
+}
+
 /// What the clients believe they stored, as inputs (sample changes, one change id each,
 /// and the events they logged), and the users' ids.
 pub async fn client_inputs(
-    users: &[Arc<Mutex<SimulatedUser>>],
+    apps: &[Arc<Mutex<SimulatedUser>>],
 ) -> anyhow::Result<(Vec<Input>, Vec<uuid::Uuid>)> {
     let mut inputs = Vec::new();
-    let mut user_ids = Vec::new();
-    for user in users {
-        let u = user.lock().await;
-        user_ids.push(u.user_id);
-        for (i, (key, c)) in u.expected().iter().enumerate() {
+    let users = believed(apps).await;
+    let user_ids: Vec<Uuid> = users.keys().copied().collect();
+    for (user, samples) in users {
+        for (i, (key, c)) in samples.iter().enumerate() {
             inputs.push(Input::Sample(SampleChange {
-                user_id: u.user_id.to_string(),
+                user_id: user.to_string(),
                 change_seq: 1,
                 change_index: i32::try_from(i)?,
                 operation: Operation::Upsert,
@@ -146,6 +160,9 @@ pub async fn client_inputs(
                 accepted_at: 0,
             }));
         }
+    }
+    for app in apps {
+        let u = app.lock().await;
         for (i, (id, e)) in u.event_log().iter().enumerate() {
             inputs.push(Input::Event(UserEventChange {
                 user_id: u.user_id.to_string(),

@@ -168,6 +168,16 @@ impl SimulatedUser {
         }
     }
 
+    /// Another app of the user `user_id`, with its own devices (from `seed`), that uploads
+    /// at the same time as the user's first app: the gateway must serialise the two. Send
+    /// only its samples (its planned events would reuse the first app's event ids).
+    pub fn another_app_of(user_id: Uuid, seed: u64, start: DateTime<Utc>, mix: TrafficMix) -> Self {
+        Self {
+            user_id,
+            ..Self::new(seed, start, mix)
+        }
+    }
+
     /// The next request this user's app sends, of about `batch` items, never reaching past `now`.
     pub fn next_upload(&mut self, batch: usize, now: DateTime<Utc>) -> Upload {
         let roll: f64 = self.rng.random();

@@ -3,7 +3,9 @@
 //! restarts Postgres in immediate mode and restarts the broker. Then, with everything up
 //! again, it checks what the pipeline promises: every acknowledged change is in Postgres,
 //! every read model equals the brute-force oracle over what the clients were acknowledged
-//! (nothing lost, nothing counted twice), and every user is fresh.
+//! (nothing lost, nothing counted twice), and every user is fresh. The first user has two
+//! apps uploading at the same time, and a request cut after its commit (a SIGKILLed
+//! gateway, a Postgres crash) is sent again with its requestId and gets the stored answer.
 //!
 //! It brings its own Postgres cluster and noida-db broker (both are restarted, so never the
 //! shared ones) and uses the local stack's schema registry. The same seed gives the same
@@ -68,6 +70,9 @@ pub enum Fault {
     RestartPostgres,
     /// The broker stops gracefully and starts again after the pause.
     RestartBroker,
+    /// SIGKILL the broker (noida-db then loses recent records, topics even), start it
+    /// again after the pause.
+    CrashBroker,
 }
 
 impl std::fmt::Display for Fault {
@@ -76,6 +81,7 @@ impl std::fmt::Display for Fault {
             Fault::Kill(service) => write!(f, "SIGKILL {service}"),
             Fault::RestartPostgres => f.write_str("restart Postgres (immediate mode)"),
             Fault::RestartBroker => f.write_str("restart the broker (graceful)"),
+            Fault::CrashBroker => f.write_str("SIGKILL the broker"),
         }
     }
 }
@@ -90,13 +96,14 @@ pub struct Scheduled {
 }
 
 /// Every kind of fault, by the name `--faults` takes.
-pub const FAULTS: [(&str, Fault); 6] = [
+pub const FAULTS: [(&str, Fault); 7] = [
     ("gateway", Fault::Kill(GATEWAY)),
     ("relay", Fault::Kill(RELAY)),
     ("processor", Fault::Kill(PROCESSOR)),
     ("sink", Fault::Kill(SINK)),
     ("postgres", Fault::RestartPostgres),
     ("broker", Fault::RestartBroker),
+    ("broker-crash", Fault::CrashBroker),
 ];
 
 /// The seed's faults of the given kinds over `duration`: every kind once, in a seeded
@@ -154,8 +161,8 @@ pub struct ChaosReport {
     pub examples: Vec<String>,
     /// Seconds from the end of the load until every user was fresh.
     pub settled_secs: f64,
-    /// Users whose data was accepted again after the broker lost records (0 when the
-    /// broker was not restarted).
+    /// Users found stale or different from the oracle over Postgres after the broker
+    /// faults, before the recovery (0 when the broker was left alone).
     pub repaired_users: usize,
     /// Parts that exited on their own and were restarted (a processor stops on a fatal
     /// producer error, e.g. when the broker forgot its producer state; as in production, it
@@ -177,6 +184,9 @@ impl ChaosReport {
 struct Parts {
     postgres: Arc<PrivatePostgres>,
     broker: Service,
+    broker_addr: std::net::SocketAddr,
+    bootstrap: String,
+    prefix: String,
     services: Vec<Service>,
 }
 
@@ -198,10 +208,17 @@ impl Parts {
                 let down = s.down_for;
                 tokio::task::spawn_blocking(move || pg.restart_immediate(down)).await?;
             }
-            Fault::RestartBroker => {
-                self.broker.stop(Duration::from_secs(20)).await?;
+            Fault::RestartBroker | Fault::CrashBroker => {
+                if s.fault == Fault::CrashBroker {
+                    self.broker.kill()?;
+                } else {
+                    self.broker.stop(Duration::from_secs(20)).await?;
+                }
                 tokio::time::sleep(s.down_for).await;
                 self.broker.start()?;
+                wait_listening(self.broker_addr, "the broker", Duration::from_secs(30)).await?;
+                // Topics it lost are created again, as the services' start-up would.
+                topics::ensure_all(&self.bootstrap, &self.prefix).await?;
             }
         }
         Ok(())
@@ -348,6 +365,9 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let parts = Arc::new(Mutex::new(Parts {
         postgres,
         broker,
+        broker_addr: ([127, 0, 0, 1], broker_port).into(),
+        bootstrap: bootstrap.clone(),
+        prefix: prefix.clone(),
         services,
     }));
     let restarts: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
@@ -356,26 +376,40 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     wait_for_tables(&pool).await?;
 
     let now = Utc::now();
-    let users: Vec<Arc<Mutex<SimulatedUser>>> = (0..config.users)
+    let start = now - TimeDelta::days(config.backlog_days);
+    let mut users: Vec<Arc<Mutex<SimulatedUser>>> = (0..config.users)
         .map(|i| {
             Arc::new(Mutex::new(SimulatedUser::new(
                 config.seed.wrapping_mul(1000) + i as u64,
-                now - TimeDelta::days(config.backlog_days),
+                start,
                 TrafficMix::default(),
             )))
         })
         .collect();
+    // The first user's second app (its own watch and phone) uploads at the same time.
+    let first_user = match users.first() {
+        Some(u) => u.lock().await.user_id,
+        None => anyhow::bail!("a chaos run needs at least one user"),
+    };
+    users.push(Arc::new(Mutex::new(SimulatedUser::another_app_of(
+        first_user,
+        config.seed.wrapping_mul(1000) + 999,
+        start,
+        TrafficMix::default(),
+    ))));
     let counters = Arc::new(Counters::default());
     let began = Instant::now();
     let deadline = began + config.duration;
     let mut clients_running = Vec::new();
-    for user in &users {
+    for (i, user) in users.iter().enumerate() {
         clients_running.push(tokio::spawn(client(
             user.clone(),
             gateway_url.clone(),
             config.batch,
             deadline,
             counters.clone(),
+            // The second app sends samples only (its events would reuse the first's ids).
+            i < config.users,
         )));
     }
 
@@ -406,13 +440,16 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     );
 
     let user_ids: Vec<Uuid> = {
-        let mut ids = Vec::new();
+        let mut ids = std::collections::BTreeSet::new();
         for u in &users {
-            ids.push(u.lock().await.user_id);
+            ids.insert(u.lock().await.user_id);
         }
-        ids
+        ids.into_iter().collect()
     };
-    if faults.iter().any(|f| f.fault == Fault::RestartBroker) {
+    if faults
+        .iter()
+        .any(|f| matches!(f.fault, Fault::RestartBroker | Fault::CrashBroker))
+    {
         // What noida-db loses on a restart (records it had acknowledged, producer state) is
         // recovered as an operator would: the commands, never hand-written SQL.
         wait_fresh(&pool, &user_ids, Duration::from_secs(30)).await?;
@@ -444,11 +481,12 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     Ok(report)
 }
 
-/// The recovery after a broker that may have lost records: the sink, stopped, forgets its
-/// stored offsets (the logs may have restarted lower) and reads from the start; then every
-/// user whose read models are stale or differ from the oracle over Postgres
-/// (`pulseline reconcile`) has their data accepted again (`reconcile --repair`). Returns how
-/// many users were repaired.
+/// The recovery after a broker that may have lost records (README, "Operations"): the
+/// sink, stopped, forgets its stored offsets (the logs may have restarted lower) and reads
+/// from the start; then every user's data is accepted again under new change ids
+/// (`pulseline-relay republish --all-users --renew-change-ids`), since a processor's lost
+/// state can hide behind rows that still look right. Returns how many users looked stale or
+/// different from the oracle over Postgres (`pulseline reconcile`) before the repair.
 async fn recover_from_broker_loss(
     parts: &Mutex<Parts>,
     pool: &PgPool,
@@ -466,25 +504,24 @@ async fn recover_from_broker_loss(
         sink.start()?;
         offsets
     };
-    let mut repair = Vec::new();
+    let mut affected = 0;
     for user in users {
         let stale = check::stale_users(pool, &[*user]).await? > 0;
         if stale || reconcile::compare(pool, Some(*user)).await?.differences() > 0 {
-            repair.push(*user);
+            affected += 1;
         }
     }
     let records = reconcile::repair(
         pool,
         pulseline_ingest_gateway::outbox::DEFAULT_SHARDS,
-        &repair,
+        users,
     )
     .await?;
     println!(
-        "  recovery after the broker restarts: sink offsets reset ({offsets} deleted), {} of {} users stale or different from Postgres accepted again ({records} records)",
-        repair.len(),
+        "  recovery after the broker faults: sink offsets reset ({offsets} deleted); {affected} of {} users were stale or differed from Postgres; every user's data accepted again ({records} records)",
         users.len()
     );
-    Ok(repair.len())
+    Ok(affected)
 }
 
 /// Restarts every part that exits on its own, twice a second, and notes it.
@@ -510,7 +547,7 @@ struct Counters {
     acknowledged: AtomicU64,
 }
 
-/// One simulated user's app: uploads samples and events until the deadline, resending
+/// One simulated user's app: uploads samples (and events) until the deadline, resending
 /// failed requests as an app's upload queue does.
 async fn client(
     user: Arc<Mutex<SimulatedUser>>,
@@ -518,6 +555,7 @@ async fn client(
     batch: usize,
     deadline: Instant,
     counters: Arc<Counters>,
+    send_events: bool,
 ) {
     let http = reqwest::Client::new();
     let mut u = user.lock().await;
@@ -542,6 +580,9 @@ async fn client(
             None => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        if !send_events {
+            continue;
         }
         if let Some(events) = u.next_events(Utc::now()) {
             counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -614,7 +655,7 @@ fn print_report(r: &ChaosReport) {
     }
     if r.repaired_users > 0 {
         println!(
-            "  recovery: {} users' data accepted again after the broker lost records",
+            "  recovery: {} users were stale or different after the broker faults, before every user's data was accepted again",
             r.repaired_users
         );
     }
