@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 #[tokio::test]
 async fn postgres_down_is_503_with_retry_after_and_recovers() {
-    let pg = PrivatePostgres::start();
+    let pg = PrivatePostgres::start().expect("a private Postgres cluster");
     let mut config = test_config(&pg.url());
     config.db_acquire_timeout_ms = 1000;
     let app = start(config).await;
@@ -30,7 +30,7 @@ async fn postgres_down_is_503_with_retry_after_and_recovers() {
         .await;
     assert_eq!(status, 200);
 
-    pg.stop();
+    pg.stop().expect("Postgres stopped");
     let started = Instant::now();
     let r = app
         .post(
@@ -62,7 +62,7 @@ async fn postgres_down_is_503_with_retry_after_and_recovers() {
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503);
 
-    pg.start_server();
+    pg.start_server().expect("Postgres started again");
     let deadline = Instant::now() + Duration::from_secs(20);
     let request_id = Uuid::new_v4();
     loop {

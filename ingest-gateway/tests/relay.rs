@@ -417,7 +417,7 @@ async fn postgres_restarted_under_the_relay_loses_nothing_and_duplicates_only_id
     const RESTARTS: usize = 3;
     let seed = pulseline_testkit::test_seed("postgres_restarted_under_the_relay", 7);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let pg = PrivatePostgres::start();
+    let pg = PrivatePostgres::start().expect("a private Postgres cluster");
     let h = Harness::on(pg.stack(), "relay-pg-restart").await;
     let config = RelayConfig {
         batch: 50,
@@ -449,7 +449,8 @@ async fn postgres_restarted_under_the_relay_loses_nothing_and_duplicates_only_id
         let down = rng.random_range(200..1500);
         tokio::time::sleep(Duration::from_millis(after)).await;
         let pending = h.outbox_len().await;
-        tokio::task::block_in_place(|| pg.restart_immediate(Duration::from_millis(down)));
+        tokio::task::block_in_place(|| pg.restart_immediate(Duration::from_millis(down)))
+            .expect("Postgres restarted");
         if pending > 0 {
             restarted_with_rows_pending += 1;
         }

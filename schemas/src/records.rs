@@ -549,7 +549,10 @@ impl ReadModel for ProductImpactUpsert {
     two_stream_row_versioning!();
 }
 
-/// Every schema file with its record name, for tests and tooling that walk them all.
+/// Every schema file with its text, for tests and tooling that walk them all. Also the
+/// order in which codecs register them (see `wire`), so it only grows: a schema that
+/// changes keeps its old text here and the new one goes last (`avro/registry-order.txt`
+/// and a test hold it to that).
 pub const ALL_SCHEMAS: &[(&str, &str)] = &[
     ("sample_change.avsc", SampleChange::SCHEMA_TEXT),
     ("user_event_change.avsc", UserEventChange::SCHEMA_TEXT),
@@ -572,6 +575,37 @@ pub const ALL_SCHEMAS: &[(&str, &str)] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_registration_order_only_grows() {
+        use sha2::{Digest, Sha256};
+        let recorded: Vec<String> = include_str!("../avro/registry-order.txt")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        let now: Vec<String> = ALL_SCHEMAS
+            .iter()
+            .map(|(file, text)| {
+                let hash: String = Sha256::digest(text.as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                format!("{file} {hash}")
+            })
+            .collect();
+        assert!(
+            now.starts_with(&recorded),
+            "a schema registered before changed or moved: records written under its id \
+             would decode with another schema after a registry restart. Keep the old text \
+             in ALL_SCHEMAS and append the new one.\nrecorded: {recorded:#?}\nnow: {now:#?}"
+        );
+        assert_eq!(
+            now.len(),
+            recorded.len(),
+            "append the new schema to registry-order.txt"
+        );
+    }
 
     #[test]
     fn input_records_are_keyed_by_user_and_read_models_by_row() {

@@ -6,6 +6,14 @@
 //! schema that breaks the subject's compatibility rule (BACKWARD). Readers decode with the
 //! writer's schema, fetched by id, then resolve to their own compiled-in schema, so a
 //! reader with a newer schema reads older records (defaults fill new fields).
+//!
+//! Schema ids stay valid across a restart of an in-memory registry (the local stack's
+//! rivven-schema forgets everything and numbers schemas in the order they first arrive;
+//! identical text gets one id whatever the subject). Every codec therefore registers all of
+//! pulseline's schemas, in the one order of [`crate::records::ALL_SCHEMAS`], before its
+//! first registration and again when a record names an id the registry does not know:
+//! whichever process comes first after a restart, the registry hands out the same ids as
+//! before, so records already written and writers that kept their cached ids stay valid.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -13,25 +21,31 @@ use std::time::Duration;
 
 use apache_avro::from_value;
 use apache_avro::writer::datum::GenericDatumWriter;
-use schema_registry_converter::async_impl::avro::AvroEncoder;
-use schema_registry_converter::async_impl::easy_avro::EasyAvroDecoder;
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::avro_common::DecodeResult;
 use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
 
 use crate::Error;
 use crate::readmodel::{ReadModel, ReadModelProgress, ReadModelRecord};
-use crate::records::AvroRecord;
+use crate::records::{
+    AvroRecord, ProductImpactUpsert, RollupUpsert, SampleChange, SessionImpactUpsert,
+    SleepNightUpsert, UserEventChange,
+};
 use crate::topics;
 
 /// Encodes and decodes records for one deployment (registry URL + topic prefix).
 /// Cheap to clone; schema ids are cached after the first lookup.
 #[derive(Clone, Debug)]
 pub struct AvroCodec {
+    settings: SrSettings,
     encoder: Arc<AvroEncoder>,
-    decoder: EasyAvroDecoder,
+    decoder: Arc<AvroDecoder>,
     topic_prefix: String,
+    /// Set once every schema is registered in the canonical order (see the module doc).
+    seeded: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl AvroCodec {
@@ -42,9 +56,44 @@ impl AvroCodec {
             .build()?;
         Ok(Self {
             encoder: Arc::new(AvroEncoder::new(settings.clone())),
-            decoder: EasyAvroDecoder::new(settings),
+            decoder: Arc::new(AvroDecoder::new(settings.clone())),
+            settings,
             topic_prefix: topic_prefix.to_owned(),
+            seeded: Arc::default(),
         })
+    }
+
+    /// Every schema pulseline writes, under its subject, in the order of `ALL_SCHEMAS`.
+    fn canonical_strategies(&self) -> [SubjectNameStrategy; 7] {
+        [
+            self.strategy::<SampleChange>(),
+            self.strategy::<UserEventChange>(),
+            self.strategy::<RollupUpsert>(),
+            self.strategy::<SleepNightUpsert>(),
+            self.strategy::<SessionImpactUpsert>(),
+            self.strategy::<ProductImpactUpsert>(),
+            self.progress_strategy::<RollupUpsert>(),
+        ]
+    }
+
+    /// Registers every schema in the canonical order (idempotent: a registry that has them
+    /// answers with their ids). One registration at a time, so that the first arrival of
+    /// each schema at a fresh registry follows the order, whoever else registers too.
+    /// `encoder` caches what it registered: a new one asks the registry again.
+    async fn register_all(&self, encoder: &AvroEncoder) -> Result<(), Error> {
+        for strategy in self.canonical_strategies() {
+            let subject = strategy.get_subject()?;
+            encoder.get_schema_and_id(&subject, strategy).await?;
+        }
+        Ok(())
+    }
+
+    /// `register_all`, once per codec (and its clones).
+    async fn seed(&self) -> Result<(), Error> {
+        self.seeded
+            .get_or_try_init(|| self.register_all(&self.encoder))
+            .await
+            .map(|_| ())
     }
 
     /// The deployed (prefixed) topic of a record type.
@@ -64,6 +113,7 @@ impl AvroCodec {
 
     /// Encodes `record` for its topic, registering the schema on first use.
     pub async fn encode<R: AvroRecord>(&self, record: &R) -> Result<Vec<u8>, Error> {
+        self.seed().await?;
         Ok(self
             .encoder
             .encode_struct(record, &self.strategy::<R>())
@@ -75,6 +125,7 @@ impl AvroCodec {
     /// as [`Self::encode`]; [`RecordEncoder::encode`] then does no lookup, lock or schema
     /// copy per record. Its bytes equal `encode`'s.
     pub async fn encoder_for<R: AvroRecord>(&self) -> Result<RecordEncoder<R>, Error> {
+        self.seed().await?;
         let strategy = self.strategy::<R>();
         let subject = strategy.get_subject()?;
         let registered = self.encoder.get_schema_and_id(&subject, strategy).await?;
@@ -83,7 +134,7 @@ impl AvroCodec {
 
     /// Decodes a record written by any registered (compatible) version of `R`'s schema.
     pub async fn decode<R: AvroRecord>(&self, bytes: &[u8]) -> Result<R, Error> {
-        let decoded = self.decoder.decode(Some(bytes)).await?;
+        let decoded = self.decode_value(bytes).await?;
         let value = decoded.value.resolve(R::schema())?;
         Ok(from_value::<R>(&value)?)
     }
@@ -95,15 +146,35 @@ impl AvroCodec {
         &self,
         progress: &ReadModelProgress,
     ) -> Result<Vec<u8>, Error> {
-        let strategy = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
+        self.seed().await?;
+        let strategy = self.progress_strategy::<M>();
+        Ok(self.encoder.encode_struct(progress, &strategy).await?)
+    }
+
+    fn progress_strategy<M: ReadModel>(&self) -> SubjectNameStrategy {
+        SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
             self.topic_of::<M>(),
             SuppliedSchema::new(
                 Some(ReadModelProgress::FULL_NAME.to_owned()),
                 SchemaType::Avro,
                 ReadModelProgress::SCHEMA_TEXT.to_owned(),
             ),
-        );
-        Ok(self.encoder.encode_struct(progress, &strategy).await?)
+        )
+    }
+
+    /// The record with its writer's schema. An id the registry does not know (it
+    /// restarted empty) is registered again in the canonical order, then looked up once
+    /// more; an id that is still unknown is an error.
+    async fn decode_value(&self, bytes: &[u8]) -> Result<DecodeResult, Error> {
+        match self.decoder.decode(Some(bytes)).await {
+            Err(e) if !e.retriable && bytes.first() == Some(&0) && bytes.len() >= 5 => {
+                self.register_all(&AvroEncoder::new(self.settings.clone()))
+                    .await?;
+                self.decoder.remove_errors_from_cache();
+                Ok(self.decoder.decode(Some(bytes)).await?)
+            }
+            other => Ok(other?),
+        }
     }
 
     /// Decodes one record of the read model `M`'s topic: a row, or a progress record (told
@@ -112,7 +183,7 @@ impl AvroCodec {
         &self,
         bytes: &[u8],
     ) -> Result<ReadModelRecord<M>, Error> {
-        let decoded = self.decoder.decode(Some(bytes)).await?;
+        let decoded = self.decode_value(bytes).await?;
         let is_progress = decoded
             .name
             .as_ref()
@@ -262,6 +333,25 @@ mod tests {
             );
         }
         assert_ne!(samples.schema_id(), events.schema_id());
+    }
+
+    #[test]
+    fn codecs_register_every_schema_in_the_order_of_all_schemas() {
+        let codec = AvroCodec::new("http://127.0.0.1:1", "x.").expect("codec");
+        let texts: Vec<String> = codec
+            .canonical_strategies()
+            .into_iter()
+            .map(|s| match s {
+                SubjectNameStrategy::TopicNameStrategyWithSchema(_, _, s)
+                | SubjectNameStrategy::TopicRecordNameStrategyWithSchema(_, s) => s.schema,
+                other => panic!("unexpected strategy {other:?}"),
+            })
+            .collect();
+        let all: Vec<&str> = crate::records::ALL_SCHEMAS
+            .iter()
+            .map(|(_, t)| *t)
+            .collect();
+        assert_eq!(texts, all);
     }
 
     #[tokio::test]

@@ -526,9 +526,6 @@ fn schema_id(bytes: &[u8]) -> u32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: rivven-schema keeps schemas in memory and numbers them in registration \
-            order, so after a restart the ids on records already written are unknown or name \
-            another schema; no product fix yet"]
 async fn records_written_before_a_registry_restart_stay_readable() {
     let mut registry = PrivateRegistry::start();
     let prefix = "t-registry-restart.";
@@ -597,4 +594,14 @@ async fn records_written_before_a_registry_restart_stay_readable() {
         Ok(kept_writer_sample),
         "a sample from a writer that kept running across the restart"
     );
+
+    // Restarted again, and this time a reader comes first (a sink restarted before any
+    // writer): the id it does not find makes it register the schemas again, in order.
+    tokio::task::block_in_place(|| registry.restart());
+    let first_reader = codec();
+    assert_eq!(read(&first_reader, &old_event).await, Ok(event()));
+    assert_eq!(read(&first_reader, &old_sample).await, Ok(sample()));
+    // An id that no pulseline schema has stays an error.
+    let unknown = [0, 0, 0, 0, 99, 2, 4];
+    assert!(read::<SampleChange>(&first_reader, &unknown).await.is_err());
 }

@@ -396,7 +396,7 @@ async fn postgres_restarted_under_the_sink_ends_equal_to_what_was_produced() {
     const RESTARTS: usize = 2;
     let seed = pulseline_testkit::test_seed("postgres_restarted_under_the_sink", 6);
     let mut rng = StdRng::seed_from_u64(seed);
-    let pg = PrivatePostgres::start();
+    let pg = PrivatePostgres::start().expect("a private Postgres cluster");
     let h = Harness::with_topics_on(pg.stack(), "sink-pg-restart").await;
     let mut producer = RollupProducer::new(&h).await;
     let mut records = Vec::new();
@@ -417,7 +417,8 @@ async fn postgres_restarted_under_the_sink_ends_equal_to_what_was_produced() {
         wait_for_a_commit(&h, &before, &expected, log).await;
         let at_restart = h.stored_offsets().await;
         let down = rng.random_range(200..1500);
-        tokio::task::block_in_place(|| pg.restart_immediate(Duration::from_millis(down)));
+        tokio::task::block_in_place(|| pg.restart_immediate(Duration::from_millis(down)))
+            .expect("Postgres restarted");
         let (done, total) = (position(&at_restart), position(&expected));
         eprintln!(
             "restart {restart}/{RESTARTS}: offsets at {done} of {total} (from {}), Postgres \

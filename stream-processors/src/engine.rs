@@ -320,6 +320,8 @@ impl<P: Processor> PartitionTask<P> {
                     None => UserMeta::default(),
                 };
             }
+            ChangelogKey::Table { table, .. }
+                if P::State::retired_tables().contains(&table.as_str()) => {}
             ChangelogKey::Table { user, table, key } => {
                 let slot = self.users.entry(user).or_default();
                 let mut tables = slot.state.tables();
@@ -508,5 +510,27 @@ mod tests {
         assert_eq!(state::decode::<ChangelogKey>("k", &bytes).unwrap(), key);
         assert_eq!(changelog_user(&bytes).as_deref(), Some("user-1"));
         assert_eq!(changelog_user(b"\xff\xff"), None);
+    }
+
+    #[test]
+    fn restore_skips_retired_tables_and_refuses_unknown_ones() {
+        use crate::processors::SessionImpacts;
+        let mut task =
+            PartitionTask::new(Arc::new(SessionImpacts::default()), EngineConfig::default());
+        let entry = |table: &str| {
+            let key = ChangelogKey::Table {
+                user: "user-1".into(),
+                table: table.into(),
+                key: state::encode("k", &()).unwrap(),
+            };
+            state::encode("k", &key).unwrap()
+        };
+        let value = state::encode("v", &7_i64).unwrap();
+        // Impact state once persisted `as_of`; changelogs written then still restore.
+        task.restore(&entry("as_of"), Some(&value)).unwrap();
+        assert!(matches!(
+            task.restore(&entry("no_such_table"), Some(&value)),
+            Err(StateError::UnknownTable(t)) if t == "no_such_table"
+        ));
     }
 }

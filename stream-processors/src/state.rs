@@ -75,6 +75,12 @@ pub trait State: Default + Send + Debug + 'static {
 
     /// Called once per user after a restore: rebuild derived data (indexes, bounds).
     fn restored(&mut self) {}
+
+    /// Tables an earlier version persisted and this one no longer has: their changelog
+    /// entries are skipped on restore instead of failing it.
+    fn retired_tables() -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// Declares a `State` whose tables are the listed fields (each a `Table`), named after
@@ -82,7 +88,7 @@ pub trait State: Default + Send + Debug + 'static {
 /// `fn(&mut Self)` after a restore.
 #[macro_export]
 macro_rules! state_tables {
-    ($ty:ty { $($table:ident),+ $(,)? } $(, restored = $restored:path)?) => {
+    ($ty:ty { $($table:ident),+ $(,)? } $(, restored = $restored:path)? $(, retired = [$($old:literal),* $(,)?])? $(,)?) => {
         impl $crate::state::State for $ty {
             fn tables(
                 &mut self,
@@ -91,6 +97,9 @@ macro_rules! state_tables {
             }
             $(fn restored(&mut self) {
                 $restored(self)
+            })?
+            $(fn retired_tables() -> &'static [&'static str] {
+                &[$($old),*]
             })?
         }
     };

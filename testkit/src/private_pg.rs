@@ -2,6 +2,7 @@
 //! initdb + pg_ctl from the Debian PostgreSQL 15 binaries, in a temporary directory, on a
 //! free port, run as the `postgres` OS user when the tests run as root.
 
+use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,8 +25,13 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs a PostgreSQL binary, as `postgres` when we are root (Postgres refuses root).
-fn pg(bin: &str, args: &[&str]) -> std::process::Output {
+fn failed(what: &str, detail: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("{what}: {detail}"))
+}
+
+/// Runs a PostgreSQL binary, as `postgres` when we are root (Postgres refuses root);
+/// a non-zero exit is an error carrying its output (and `log`, when given).
+fn pg(bin: &str, args: &[&str], log: Option<&Path>) -> io::Result<()> {
     let path = format!("{BIN}/{bin}");
     let mut cmd = if is_root() {
         let mut c = Command::new("runuser");
@@ -34,41 +40,55 @@ fn pg(bin: &str, args: &[&str]) -> std::process::Output {
     } else {
         Command::new(&path)
     };
-    cmd.args(args)
+    let out = cmd
+        .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("running {path}: {e}"))
+        .map_err(|e| failed(&format!("running {path}"), e))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let log = log
+        .and_then(|l| std::fs::read_to_string(l).ok())
+        .unwrap_or_default();
+    Err(failed(
+        &format!("{bin} {}", args.last().copied().unwrap_or_default()),
+        format!(
+            "{}{}{log}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn path(p: &Path) -> io::Result<&str> {
+    p.to_str()
+        .ok_or_else(|| failed("temporary path", "not UTF-8"))
 }
 
 impl PrivatePostgres {
     /// Creates and starts a cluster (trust auth, user `postgres`).
-    pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("pulseline-pg-")
-            .tempdir()
-            .unwrap();
+    pub fn start() -> io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("pulseline-pg-").tempdir()?;
         if is_root() {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
                 .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(ok.success(), "chown of the private cluster directory");
+                .status()?;
+            if !ok.success() {
+                return Err(failed("chown of the private cluster directory", ok));
+            }
         }
         let data = dir.path().join("data");
         let log = dir.path().join("postgres.log");
-        let out = pg(
+        pg(
             "initdb",
             &[
                 "-D",
-                path(&data),
+                path(&data)?,
                 "-U",
                 "postgres",
                 "-A",
@@ -77,20 +97,16 @@ impl PrivatePostgres {
                 "-E",
                 "UTF8",
             ],
-        );
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            None,
+        )?;
         let this = Self {
             data,
             log,
-            port: free_port(),
+            port: free_port()?,
             _dir: dir,
         };
-        this.start_server();
-        this
+        this.start_server()?;
+        Ok(this)
     }
 
     pub fn url(&self) -> String {
@@ -108,26 +124,26 @@ impl PrivatePostgres {
 
     /// Restarts in immediate mode, as a crash and recovery would: every connection drops,
     /// uncommitted transactions are lost; `down_for` is how long it stays down.
-    pub fn restart_immediate(&self, down_for: std::time::Duration) {
-        self.stop();
+    pub fn restart_immediate(&self, down_for: std::time::Duration) -> io::Result<()> {
+        self.stop()?;
         std::thread::sleep(down_for);
-        self.start_server();
+        self.start_server()
     }
 
     /// Starts the server again (after `stop`), on the same port and data.
-    pub fn start_server(&self) {
+    pub fn start_server(&self) -> io::Result<()> {
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
             self.port,
             self.data.display()
         );
-        let out = pg(
+        pg(
             "pg_ctl",
             &[
                 "-D",
-                path(&self.data),
+                path(&self.data)?,
                 "-l",
-                path(&self.log),
+                path(&self.log)?,
                 "-o",
                 &opts,
                 "-w",
@@ -135,38 +151,22 @@ impl PrivatePostgres {
                 "60",
                 "start",
             ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
+            Some(&self.log),
+        )
     }
 
     /// Stops the server immediately (as a crash would: connections drop).
-    pub fn stop(&self) {
-        let out = pg(
+    pub fn stop(&self) -> io::Result<()> {
+        pg(
             "pg_ctl",
-            &["-D", path(&self.data), "-m", "immediate", "-w", "stop"],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl stop failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            &["-D", path(&self.data)?, "-m", "immediate", "-w", "stop"],
+            None,
+        )
     }
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let _ = pg(
-            "pg_ctl",
-            &["-D", path(&self.data), "-m", "immediate", "-w", "stop"],
-        );
+        let _ = self.stop();
     }
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
 }

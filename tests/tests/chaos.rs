@@ -104,13 +104,9 @@ async fn killed_services_and_a_crashed_postgres_lose_nothing_and_count_nothing_t
 }
 
 /// With the broker restarted and SIGKILLed too: noida-db loses records it acknowledged,
-/// which the operations commands recover from Postgres. Ignored: it passes or fails with
-/// what noida-db happens to lose. A product impact's `asOf` is the latest start of any event
-/// ever applied, edited-away versions included; when the broker lost such a version the
-/// recovery from Postgres (current content only) cannot bring it back, and `asOf` stays
-/// earlier than the oracle's over what the client sent (seen: 60 s). README, "Known limits".
+/// which the operations commands recover from Postgres. Every read model is a function of
+/// the live data (a product impact's `asOf` included), so accepting it again restores them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "product impacts' asOf depends on event history that a broker loss removes; see README Known limits"]
 async fn every_fault_including_broker_restarts_ends_equal_to_the_oracle_after_recovery() {
     chaos("chaos-all", 20_261_202, 40, every_fault()).await;
 }

@@ -206,7 +206,9 @@ impl Parts {
             Fault::RestartPostgres => {
                 let pg = self.postgres.clone();
                 let down = s.down_for;
-                tokio::task::spawn_blocking(move || pg.restart_immediate(down)).await?;
+                tokio::task::spawn_blocking(move || pg.restart_immediate(down))
+                    .await?
+                    .context("restarting Postgres")?;
             }
             Fault::RestartBroker | Fault::CrashBroker => {
                 if s.fault == Fault::CrashBroker {
@@ -259,7 +261,7 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     std::fs::create_dir_all(&config.log_dir)?;
     let postgres = Arc::new(
         tokio::task::spawn_blocking(PrivatePostgres::start)
-            .await
+            .await?
             .context("starting a private Postgres cluster")?,
     );
     let database_url = postgres.url();

@@ -205,8 +205,9 @@ pub struct ProductImpact {
     /// INSUFFICIENT (n < 3), LOW (3–5), MEDIUM (6–11), HIGH (n ≥ 12 with at least 75 % of
     /// the deltas of one sign; otherwise MEDIUM).
     pub tier: String,
-    /// The period's end: the latest start time of any event the user logged (UTC, RFC
-    /// 3339 with `Z`). Event time, not the time of the request.
+    /// The period's end: the latest start time of the user's events (UTC, RFC 3339 with
+    /// `Z`); deleting or moving the latest one moves it back. Event time, not the time of
+    /// the request.
     pub as_of: String,
 }
 

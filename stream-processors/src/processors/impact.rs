@@ -16,8 +16,9 @@
 //!   3 samples whose intervals (an instantaneous sample covers 1 minute) cover at least
 //!   half of it, and no other event of the user starts in `[baselineStart, afterEnd)`.
 //! - **Product row**: per group (event type and product), metric and period of 30 or 90
-//!   days ending at `asOf`, the latest start time of any event the user logged (edits and
-//!   deletions never move it back): the sessions of the group's events starting in
+//!   days ending at `asOf`, the latest start time of the user's live events (so an edit
+//!   or deletion of the latest event moves it back): the sessions of the group's events
+//!   starting in
 //!   `(asOf - period, asOf]`. It exists while one of them has a row. `n` = reliable
 //!   sessions with a `deltaPercent`; `avgDeltaPercent` their mean and `stdDev` their
 //!   sample standard deviation (n - 1; null below 2), both to 2 decimals; `tier`
@@ -27,7 +28,8 @@
 //! Incremental: a sample touches the sessions (and groups) of the events with a window
 //! containing its start; an event touches its own sessions under its old and new
 //! definition, the sessions of events whose span contains its old or new start (their
-//! isolation), and, when `asOf` moves, the groups of events within 90 days of it. `flush`
+//! isolation), and, when `asOf` moves either way, the groups of events within 90 days
+//! before its old or new value. `flush`
 //! recomputes each touched row from the state (see `state` for what it keeps).
 
 mod config;

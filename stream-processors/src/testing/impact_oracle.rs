@@ -49,7 +49,7 @@ pub struct ProductRow {
 }
 
 struct Folded {
-    /// Per user: live samples of the compared metrics, live events, latest event start.
+    /// Per user: live samples of the compared metrics, live events, their latest start.
     samples: BTreeMap<String, Vec<SampleChange>>,
     events: BTreeMap<String, Vec<UserEventChange>>,
     as_of: BTreeMap<String, i64>,
@@ -59,7 +59,6 @@ fn fold(changes: &[Input]) -> Folded {
     let mut samples: BTreeMap<(String, i64, String, String), (ChangeId, SampleChange)> =
         BTreeMap::new();
     let mut events: BTreeMap<(String, String), (ChangeId, UserEventChange)> = BTreeMap::new();
-    let mut as_of: BTreeMap<String, i64> = BTreeMap::new();
     for c in changes {
         match c {
             Input::Sample(s) => {
@@ -75,10 +74,6 @@ fn fold(changes: &[Input]) -> Folded {
                 }
             }
             Input::Event(e) => {
-                if e.operation == Operation::Upsert {
-                    let a = as_of.entry(e.user_id.clone()).or_insert(e.start_at);
-                    *a = (*a).max(e.start_at);
-                }
                 let key = (e.user_id.clone(), e.event_id.clone());
                 let id = c.change_id();
                 if events.get(&key).is_none_or(|(held, _)| *held < id) {
@@ -90,7 +85,7 @@ fn fold(changes: &[Input]) -> Folded {
     let mut out = Folded {
         samples: BTreeMap::new(),
         events: BTreeMap::new(),
-        as_of,
+        as_of: BTreeMap::new(),
     };
     for (_, s) in samples.into_values() {
         if s.operation == Operation::Upsert && METRICS.contains(&s.metric.as_str()) {
@@ -99,6 +94,8 @@ fn fold(changes: &[Input]) -> Folded {
     }
     for (_, e) in events.into_values() {
         if e.operation == Operation::Upsert {
+            let a = out.as_of.entry(e.user_id.clone()).or_insert(e.start_at);
+            *a = (*a).max(e.start_at);
             out.events.entry(e.user_id.clone()).or_default().push(e);
         }
     }

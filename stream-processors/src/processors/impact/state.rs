@@ -1,5 +1,5 @@
-//! The impact state of one user: the live events, the live samples of the compared
-//! metrics, and the user's latest event time (`asOf`). Sessions and product impacts are
+//! The impact state of one user: the live events and the live samples of the compared
+//! metrics (`asOf`, the latest live start, comes from the index by start). Sessions and product impacts are
 //! not stored: they are recomputed from these, so a late sample, an edited event or a
 //! deletion can never leave a stale row behind, and the state after applying a prefix of
 //! each stream is the same whatever order the two were interleaved in.
@@ -121,19 +121,15 @@ pub(crate) struct Affected {
 pub struct ImpactState {
     events: Table<String, EventDef>,
     samples: Table<SampleKey, Reading>,
-    /// The latest start of any event upsert applied: where the product periods end.
-    as_of: Table<(), i64>,
     by_start: BTreeSet<(i64, String)>,
     by_end: BTreeSet<(i64, String)>,
 }
 
 crate::state_tables!(
-    ImpactState {
-        events,
-        samples,
-        as_of
-    },
-    restored = ImpactState::reindex
+    ImpactState { events, samples },
+    restored = ImpactState::reindex,
+    // Held the latest start ever applied, before `asOf` became a function of live events.
+    retired = ["as_of"]
 );
 
 /// The longest product period: an `asOf` move can change groups with events this far back.
@@ -157,8 +153,10 @@ impl ImpactState {
         self.events.get(&id.to_owned())
     }
 
+    /// Where the product periods end: the latest start of the user's live events, so
+    /// that it depends on what the user holds now, not on the order of their edits.
     pub(crate) fn as_of(&self) -> Option<i64> {
-        self.as_of.get(&()).copied()
+        self.by_start.last().map(|(start, _)| *start)
     }
 
     /// Number of live samples and events (diagnostics, benches).
@@ -259,6 +257,7 @@ impl ImpactState {
                 }
             }
         }
+        let before = self.as_of();
         if let Some(def) = &old {
             self.by_start.remove(&(def.start, e.event_id.clone()));
             self.by_end.remove(&(def.end, e.event_id.clone()));
@@ -267,23 +266,27 @@ impl ImpactState {
         if let Some(def) = new {
             self.by_start.insert((def.start, e.event_id.clone()));
             self.by_end.insert((def.end, e.event_id.clone()));
-            let start = def.start;
             self.events.insert(e.event_id.clone(), def);
-            let before = self.as_of();
-            if before.is_none_or(|a| start > a) {
-                self.as_of.insert((), start);
-                // Product periods end at asOf: groups with sessions entering or leaving.
-                let from = before.map_or(i64::MIN, |a| a.saturating_sub(MAX_PERIOD));
-                let moved: Vec<(String, EventDef)> = self
-                    .by_start
-                    .range((from, String::new())..)
-                    .take_while(|(s, _)| *s <= start)
-                    .filter_map(|(_, id)| Some((id.clone(), self.events.get(id)?.clone())))
-                    .collect();
-                for (_, def) in moved {
-                    for m in self.metrics_in_windows(cfg, &def) {
-                        affected.groups.insert((def.group(), m));
-                    }
+        }
+        let after = self.as_of();
+        if before != after {
+            // Product periods end at asOf: the groups of every event either end's periods
+            // cover gain or lose sessions.
+            let ends = [before, after].into_iter().flatten();
+            let from = ends
+                .clone()
+                .min()
+                .map_or(i64::MIN, |a| a.saturating_sub(MAX_PERIOD));
+            let to = ends.max().unwrap_or(i64::MIN);
+            let moved: Vec<EventDef> = self
+                .by_start
+                .range((from, String::new())..)
+                .take_while(|(s, _)| *s <= to)
+                .filter_map(|(_, id)| self.events.get(id).cloned())
+                .collect();
+            for def in moved {
+                for m in self.metrics_in_windows(cfg, &def) {
+                    affected.groups.insert((def.group(), m));
                 }
             }
         }

@@ -269,7 +269,7 @@ fn product_tiers_follow_the_number_of_reliable_sessions() {
 }
 
 #[test]
-fn events_without_a_product_group_by_type_and_periods_end_at_the_latest_event() {
+fn events_without_a_product_group_by_type_and_periods_end_at_the_latest_live_event() {
     let mut b = B::default();
     let mut h = Harness::new(ProductImpacts::default());
     let mut v = b.hr_minutes("m", at(0, 12, 0), at(0, 15, 0), 70.0);
@@ -291,6 +291,20 @@ fn events_without_a_product_group_by_type_and_periods_end_at_the_latest_event() 
     let rows = products(&h);
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert_eq!((rows[0].period_days, rows[0].as_of), (90, at(40, 9, 0)));
+    // Moved back to day 10, it takes asOf with it (asOf is the latest live start, not the
+    // latest ever seen): the meal is within 30 days again.
+    h.batch(vec![b.event("late", "custom", None, at(10, 9, 0), None)]);
+    let rows = products(&h);
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert!(rows.iter().all(|r| r.as_of == at(10, 9, 0) && r.n == 1));
+    // Deleted, asOf falls back to the meal's own start.
+    h.batch(vec![b.delete_event("late", at(10, 9, 0))]);
+    let rows = products(&h);
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert!(rows.iter().all(|r| r.as_of == at(0, 13, 0)));
+    // The meal deleted too: no event, no product row.
+    h.batch(vec![b.delete_event("meal", at(0, 13, 0))]);
+    assert!(products(&h).is_empty());
 }
 
 #[test]
