@@ -31,6 +31,7 @@ locals {
     PULSELINE_SCYLLA_URI                = var.scylla_uri
     PULSELINE_SCYLLA_KEYSPACE           = "pulseline"
     PULSELINE_SCYLLA_REPLICATION_FACTOR = "3"
+    PULSELINE_EXPORT_DIR                = "s3://${aws_s3_bucket.exports.bucket}/export"
     RUST_LOG                            = "info"
   } : { name = k, value = v }]
 

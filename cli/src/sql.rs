@@ -31,19 +31,20 @@ pub struct SqlArgs {
     /// Most rows to print.
     #[arg(long, default_value_t = pulseline_query_api::analytics::DEFAULT_MAX_ROWS)]
     pub max_rows: usize,
-    /// The export root (the exporter's `PULSELINE_EXPORT_DIR`).
+    /// The export root (the exporter's `PULSELINE_EXPORT_DIR`): a directory or
+    /// `s3://bucket/prefix` (S3 settings from the `AWS_*` variables).
     #[arg(long, env = "PULSELINE_EXPORT_DIR", default_value = pulseline_sinks::export::DEFAULT_EXPORT_DIR)]
-    pub export_dir: PathBuf,
+    pub export_dir: String,
     /// Statement timeout, in seconds.
     #[arg(long, env = "PULSELINE_SQL_TIMEOUT_SECS", default_value_t = pulseline_query_api::analytics::DEFAULT_TIMEOUT_SECS)]
     pub timeout_secs: u64,
 }
 
 pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
-    if !args.export_dir.is_dir() {
+    if !args.export_dir.starts_with("s3://") && !std::path::Path::new(&args.export_dir).is_dir() {
         bail!(
             "no export at {} (run `pulseline run`, or `pulseline-export --once`, or set PULSELINE_EXPORT_DIR)",
-            args.export_dir.display()
+            args.export_dir
         );
     }
     let limits = SqlLimits {
@@ -51,7 +52,7 @@ pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
         max_rows: args.max_rows.max(1),
         ..SqlLimits::default()
     };
-    let engine = SqlEngine::new(&args.export_dir, limits);
+    let engine = SqlEngine::open(&args.export_dir, limits)?;
     let result = match engine.query(&args.query, Some(args.max_rows)).await {
         Ok(result) => result,
         Err(e) => {

@@ -60,7 +60,8 @@ impl Application {
                 max_days_hour: config.max_days_hour,
             },
             readiness_timeout: config.readiness_timeout(),
-            sql: SqlEngine::new(&config.export_dir, config.sql_limits()),
+            sql: SqlEngine::open(&config.export_dir.to_string_lossy(), config.sql_limits())
+                .map_err(|e| QueryError::Startup(format!("export root: {e}")))?,
             openapi: Arc::new(api::openapi_json()),
         });
         Ok(Self {

@@ -77,7 +77,8 @@ pub struct Config {
     #[arg(long, env = env::READINESS_TIMEOUT_MS, default_value_t = DEFAULT_READINESS_TIMEOUT_MS)]
     pub readiness_timeout_ms: u64,
 
-    /// The Parquet export analysts' SQL reads (a local directory; the exporter's setting).
+    /// The Parquet export analysts' SQL reads: a directory or `s3://bucket/prefix` (the
+    /// exporter's setting; S3 settings from the `AWS_*` variables).
     #[arg(long, env = "PULSELINE_EXPORT_DIR", default_value = pulseline_sinks::export::DEFAULT_EXPORT_DIR)]
     pub export_dir: PathBuf,
 

@@ -11,8 +11,10 @@ mod support;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
+use pulseline_query_api::analytics::{SqlEngine, SqlLimits};
 use pulseline_service::auth::Role;
-use pulseline_sinks::export::{ExportConfig, Exporter};
+use pulseline_sinks::export::{ExportConfig, ExportRoot, Exporter};
+use pulseline_testkit::s3::MotoS3;
 use serde_json::{Value, json};
 use support::{TestApp, error_code, spawn_app_configured};
 use uuid::Uuid;
@@ -182,6 +184,42 @@ async fn answers_equal_postgres_with_typed_columns() {
         )
         .await;
     assert_eq!(joined, vec![json!([12])]);
+}
+
+/// The same export written to S3 (moto's S3 emulator, started here; not AWS) answers every
+/// query as the directory does, partition filters included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_export_root_answers_as_the_directory_does() {
+    let f = Fixture::new(|_| {}).await;
+    let s3 = tokio::task::spawn_blocking(|| MotoS3::start("analytics"))
+        .await
+        .expect("join")
+        .expect("moto's S3 server");
+    let root = ExportRoot::open_with("s3://analytics/export", s3.options()).expect("S3 root");
+    let config = ExportConfig::local(&f.app.db.url, &f.export.path().to_string_lossy());
+    Exporter::new(f.app.pool.clone(), &config)
+        .expect("exporter")
+        .with_root(root.clone())
+        .export_once()
+        .await
+        .expect("export to S3");
+    let on_s3 = SqlEngine::over(root, SqlLimits::default());
+    let on_disk = SqlEngine::new(f.export.path(), SqlLimits::default());
+    for sql in [
+        "SELECT metric, date, count(*), sum(value) FROM samples GROUP BY 1, 2 ORDER BY 1, 2",
+        "SELECT subject_id, value FROM rollups WHERE metric = 'STEPS' AND date = '2026-11-02' \
+         ORDER BY 1",
+        "SELECT count(*) FROM rollups r JOIN samples s ON r.subject_id = s.subject_id \
+         AND r.metric = s.metric AND r.date = s.date",
+    ] {
+        let disk = on_disk.query(sql, None).await.expect("query the directory");
+        let s3 = on_s3.query(sql, None).await.expect("query S3");
+        assert!(disk.rows > 0, "{sql}");
+        let one = |r: &pulseline_query_api::analytics::SqlResult| {
+            datafusion::arrow::compute::concat_batches(&r.schema, &r.batches).expect("concat")
+        };
+        assert_eq!(one(&s3), one(&disk), "{sql}");
+    }
 }
 
 #[tokio::test]

@@ -14,8 +14,14 @@ use arrow::array::{
 use arrow::datatypes::{Date32Type, TimestampMicrosecondType};
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, NaiveDate, Utc};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as StorePath;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use pulseline_sinks::export::{DEV_EXPORT_KEY, ExportConfig, Exporter, Pseudonymizer};
+use pulseline_sinks::export::{
+    DEV_EXPORT_KEY, ExportConfig, ExportError, ExportRoot, Exporter, Pseudonymizer,
+};
+use pulseline_testkit::s3::MotoS3;
 use support::Harness;
 use uuid::Uuid;
 
@@ -102,6 +108,19 @@ impl Fixture {
         .execute(&self.h.pool)
         .await
         .expect("privacy");
+    }
+
+    /// Corrects sample `a-s1` to `value` and deletes `b-s2`, as the gateway would.
+    async fn correct_and_delete(&self, value: f64) {
+        sqlx::query("UPDATE sample SET value = $1, change_seq = change_seq + 1, accepted_at = now() WHERE source_record_id = 'a-s1'")
+            .bind(value)
+            .execute(&self.h.pool)
+            .await
+            .expect("correct");
+        sqlx::query("UPDATE sample SET deleted = true, change_seq = change_seq + 1, accepted_at = now() WHERE source_record_id = 'b-s2'")
+            .execute(&self.h.pool)
+            .await
+            .expect("delete");
     }
 
     /// Two users, two metrics, three days; one deleted sample, one tombstoned rollup, and
@@ -412,14 +431,7 @@ async fn export_equals_postgres_and_follows_corrections_deletions_and_privacy() 
 
     // A correction, a deletion, a hard delete (retention) and a privacy change.
     let [a, b] = f.users;
-    sqlx::query("UPDATE sample SET value = 999.25, change_seq = change_seq + 1, accepted_at = now() WHERE source_record_id = 'a-s1'")
-        .execute(&f.h.pool)
-        .await
-        .expect("correct");
-    sqlx::query("UPDATE sample SET deleted = true, change_seq = change_seq + 1, accepted_at = now() WHERE source_record_id = 'b-s2'")
-        .execute(&f.h.pool)
-        .await
-        .expect("delete");
+    f.correct_and_delete(999.25).await;
     sqlx::query("UPDATE rollup SET deleted = true, value = NULL, version = version + 1, updated_at = now() WHERE user_id = $1 AND metric = 'STEPS' AND bucket_start = '2026-11-02'")
         .bind(a)
         .execute(&f.h.pool)
@@ -549,6 +561,92 @@ async fn an_interrupted_export_leaves_the_old_or_the_new_partition() {
             .iter()
             .any(|r| r.dataset == "samples" && r.rewritten >= 1)
     );
+    assert_export_equals_postgres(&f).await;
+}
+
+/// Copies every object of an S3 export root into `dir`, as an analyst's download would.
+async fn download(root: &ExportRoot, dir: &Path) -> Vec<String> {
+    let objects: Vec<StorePath> = root
+        .store()
+        .list(None)
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .expect("list the bucket");
+    let mut names = Vec::new();
+    for location in objects {
+        let bytes = root
+            .store()
+            .get(&location)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body");
+        let file = dir.join(location.as_ref());
+        std::fs::create_dir_all(file.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(&file, &bytes).expect("write the copy");
+        names.push(location.to_string());
+    }
+    names
+}
+
+/// The export root on S3 (moto's S3 emulator, started here; not AWS): the objects equal
+/// Postgres after a first cycle and after corrections, no temporary object is left, and a
+/// manifest another exporter wrote since a cycle read it is never overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_root_holds_the_same_export_and_never_overwrites_a_newer_manifest() {
+    let f = Fixture::new().await;
+    f.seed().await;
+    let s3 = tokio::task::spawn_blocking(|| MotoS3::start("exports"))
+        .await
+        .expect("join")
+        .expect("moto's S3 server");
+    let root = ExportRoot::open_with("s3://exports/analytics", s3.options()).expect("S3 root");
+    assert_eq!(root.location(), "s3://exports/analytics");
+    let mut exporter = f.exporter().with_root(root.clone());
+    exporter.export_once().await.expect("export to S3");
+    let names = download(&root, f.dir.path()).await;
+    assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+    assert!(
+        names.contains(&"samples/_manifest.json".to_owned()),
+        "{names:?}"
+    );
+    assert_export_equals_postgres(&f).await;
+
+    // A correction and a deletion reach the bucket at the next cycle.
+    f.correct_and_delete(3.75).await;
+    let seen = root
+        .get(&StorePath::from("samples/_manifest.json"))
+        .await
+        .expect("read the manifest")
+        .expect("a manifest")
+        .1;
+    exporter.export_once().await.expect("second export to S3");
+    std::fs::remove_dir_all(f.dir.path().join("samples")).expect("clear the first copy");
+    download(&root, f.dir.path()).await;
+    assert_export_equals_postgres(&f).await;
+
+    // The version read before that cycle is stale now: writing over it is refused, as a
+    // second exporter that read the manifest before the first one wrote would be.
+    let manifest = StorePath::from("samples/_manifest.json");
+    let stale = root
+        .replace_if_unchanged(&manifest, b"{}".to_vec(), seen)
+        .await;
+    assert!(
+        matches!(stale, Err(ExportError::Concurrent { .. })),
+        "{stale:?}"
+    );
+    let refused_create = root
+        .replace_if_unchanged(&manifest, b"{}".to_vec(), None)
+        .await;
+    assert!(
+        matches!(refused_create, Err(ExportError::Concurrent { .. })),
+        "{refused_create:?}"
+    );
+    // Nothing was overwritten: the export still equals Postgres.
+    std::fs::remove_dir_all(f.dir.path().join("samples")).expect("clear");
+    download(&root, f.dir.path()).await;
     assert_export_equals_postgres(&f).await;
 }
 

@@ -9,6 +9,7 @@
 pub mod cql_emulator;
 mod gateway_schema;
 pub mod private_pg;
+pub mod s3;
 
 use std::env;
 

@@ -10,7 +10,7 @@
 mod answer;
 mod guard;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use datafusion::execution::cache::cache_manager::{
 use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use pulseline_sinks::export::{ExportSpec, PART_FILE};
+use pulseline_sinks::export::{ExportError, ExportRoot, ExportSpec, PART_FILE};
 use serde_json::{Value, json};
 
 pub use answer::{SqlAnswer, SqlColumn};
@@ -164,7 +164,7 @@ pub struct SqlResult {
 /// Runs analysts' SQL over one export root.
 #[derive(Clone)]
 pub struct SqlEngine {
-    root: PathBuf,
+    root: Root,
     datasets: Vec<ExportSpec>,
     limits: SqlLimits,
     caches: CacheManagerConfig,
@@ -202,12 +202,42 @@ fn shared_caches() -> CacheManagerConfig {
         .with_list_files_cache_limit(0)
 }
 
+/// Where the engine reads the export.
+#[derive(Debug, Clone)]
+enum Root {
+    Dir(PathBuf),
+    /// An object store (S3): registered with each session under its bucket URL.
+    Store(ExportRoot),
+}
+
 impl SqlEngine {
-    /// An engine over the export root `root` (a local directory), with every dataset the
-    /// exporter writes.
+    /// An engine over the export directory `root`, with every dataset the exporter writes.
     pub fn new(root: impl Into<PathBuf>, limits: SqlLimits) -> Self {
+        Self::with_root(Root::Dir(root.into()), limits)
+    }
+
+    /// An engine over the export root a setting names: a directory or `s3://bucket/prefix`
+    /// (the exporter's `PULSELINE_EXPORT_DIR`; S3 settings from the `AWS_*` variables).
+    pub fn open(root: &str, limits: SqlLimits) -> Result<Self, ExportError> {
+        if root.starts_with("s3://") {
+            Ok(Self::over(ExportRoot::open(root)?, limits))
+        } else {
+            Ok(Self::new(root, limits))
+        }
+    }
+
+    /// An engine over an open export root.
+    pub fn over(root: ExportRoot, limits: SqlLimits) -> Self {
+        let root = match root.bucket() {
+            Some(_) => Root::Store(root),
+            None => Root::Dir(PathBuf::from(root.location())),
+        };
+        Self::with_root(root, limits)
+    }
+
+    fn with_root(root: Root, limits: SqlLimits) -> Self {
         Self {
-            root: root.into(),
+            root,
             datasets: pulseline_sinks::export::datasets(),
             limits,
             caches: shared_caches(),
@@ -218,15 +248,15 @@ impl SqlEngine {
         &self.limits
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// The tables a query can name: the datasets that have been exported at least once.
+    /// The tables a query can name: in a directory, the datasets exported at least once;
+    /// in an object store, every dataset (one not exported yet reads as empty).
     pub fn tables(&self) -> Vec<&'static str> {
         self.datasets
             .iter()
-            .filter(|d| self.root.join(d.name).is_dir())
+            .filter(|d| match &self.root {
+                Root::Dir(dir) => dir.join(d.name).is_dir(),
+                Root::Store(_) => true,
+            })
             .map(|d| d.name)
             .collect()
     }
@@ -293,12 +323,24 @@ impl SqlEngine {
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let statistics = ctx.runtime_env().cache_manager.get_file_statistic_cache();
+        if let Root::Store(root) = &self.root
+            && let Some((url, store)) = root.bucket()
+        {
+            ctx.register_object_store(url, store.clone());
+        }
         for spec in &self.datasets {
-            let dir = self.root.join(spec.name);
-            if dir.is_dir() {
-                let table = dataset_table(spec, &dir)?.with_cache(statistics.clone());
-                ctx.register_table(spec.name, Arc::new(table))?;
-            }
+            let url = match &self.root {
+                Root::Dir(dir) => {
+                    let dir = dir.join(spec.name);
+                    if !dir.is_dir() {
+                        continue;
+                    }
+                    format!("{}/", dir.display())
+                }
+                Root::Store(root) => format!("{}/{}/", root.location(), spec.name),
+            };
+            let table = dataset_table(spec, &url)?.with_cache(statistics.clone());
+            ctx.register_table(spec.name, Arc::new(table))?;
         }
         Ok(ctx)
     }
@@ -306,7 +348,7 @@ impl SqlEngine {
 
 /// A dataset as a listing table: its files' schema (declared, not inferred) plus the Hive
 /// partition columns.
-fn dataset_table(spec: &ExportSpec, dir: &Path) -> Result<ListingTable, DataFusionError> {
+fn dataset_table(spec: &ExportSpec, url: &str) -> Result<ListingTable, DataFusionError> {
     let mut partitions = Vec::new();
     if spec.metric.is_some() {
         partitions.push(("metric".to_owned(), DataType::Utf8));
@@ -316,7 +358,7 @@ fn dataset_table(spec: &ExportSpec, dir: &Path) -> Result<ListingTable, DataFusi
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(format!(".{extension}"))
         .with_table_partition_cols(partitions);
-    let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
+    let url = ListingTableUrl::parse(url)?;
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(spec.file_schema());

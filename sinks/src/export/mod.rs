@@ -5,11 +5,11 @@
 //! Source of truth: Postgres (the gateway's `sample` table and the read-model tables), not
 //! the topics, so the export never depends on read-model versions and always equals the
 //! current rows. Each cycle compares, per partition, the table's row count, latest
-//! change time and sum of row versions with the manifest and rewrites the partitions that differ *whole*: the file
-//! is written under a temporary name and renamed over the old one (an atomic replace on a
-//! local file system), so a crash leaves the old or the new file, never both, never half,
-//! and a re-export never appends. The manifest is written last; a crash before it only
-//! means the next cycle rewrites the same partitions again.
+//! change time and sum of row versions with the manifest and rewrites the partitions that
+//! differ *whole* (`root`: renamed into place on a local disk, one PUT on S3), so a crash
+//! leaves the old or the new file, never both, never half, and a re-export never appends.
+//! The manifest is written last (on S3 conditionally on the version the cycle started
+//! from); a crash before it only means the next cycle rewrites the same partitions again.
 //!
 //! Bounded delay: a correction, deletion or privacy change reaches the files within one
 //! export interval (`PULSELINE_EXPORT_INTERVAL_SECS`, default 300 s) plus one cycle's
@@ -21,19 +21,17 @@ mod dataset;
 mod datasets;
 mod partition;
 mod pseudonym;
+mod root;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Parser;
 use futures::TryStreamExt;
-use object_store::local::LocalFileSystem;
+use object_store::ObjectStoreExt;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use pulseline_schemas::records::{
     ProductImpactUpsert, RollupUpsert, SessionImpactUpsert, SleepNightUpsert,
 };
@@ -46,6 +44,7 @@ pub use dataset::{Blocking, ExportColumn, ExportSpec, Exported, Kind, column};
 pub use datasets::Samples;
 pub use partition::{ROW_GROUP_ROWS, writer_properties};
 pub use pseudonym::{DEV_EXPORT_KEY, Pseudonymizer};
+pub use root::{ExportRoot, Seen};
 
 /// Every exported dataset, one line each. A read model joins the export with its
 /// `Exported` impl and a line here.
@@ -89,6 +88,10 @@ pub enum ExportError {
     /// A declaration the exporter cannot serve (a bug in an `ExportSpec`).
     #[error("dataset declaration: {0}")]
     Declaration(String),
+    /// Another exporter wrote the root's manifest during this cycle (object stores only);
+    /// the next cycle starts again from what is there.
+    #[error("another exporter wrote {path} during this cycle")]
+    Concurrent { path: String },
     /// A partition value that cannot be a path segment.
     #[error("partition value of {dataset} is not path-safe (metric codes are [A-Za-z0-9_.-])")]
     UnsafePartition { dataset: String },
@@ -105,8 +108,8 @@ pub struct ExportConfig {
     #[arg(long, env = env::DATABASE_URL, default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
-    /// The export root: a local directory (default `./export`). Object stores (`s3://`)
-    /// are not built yet.
+    /// The export root: a local directory (default `./export`) or `s3://bucket/prefix`
+    /// (credentials, region and endpoint from the standard `AWS_*` variables).
     #[arg(long, env = "PULSELINE_EXPORT_DIR", default_value = DEFAULT_EXPORT_DIR)]
     pub export_dir: String,
 
@@ -176,21 +179,6 @@ impl fmt::Debug for ExportConfig {
     }
 }
 
-/// Opens the export root a setting names: a local directory (created if missing).
-pub fn open_root(root: &str) -> Result<Arc<dyn ObjectStore>, ExportError> {
-    if let Some((scheme, _)) = root.split_once("://")
-        && scheme != "file"
-    {
-        return Err(ExportError::Config(format!(
-            "export root scheme `{scheme}://` is not built yet; use a local directory"
-        )));
-    }
-    let dir = PathBuf::from(root.strip_prefix("file://").unwrap_or(root));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| ExportError::Config(format!("cannot create export directory: {e}")))?;
-    Ok(Arc::new(LocalFileSystem::new_with_prefix(&dir)?))
-}
-
 /// A partition's identity and what the manifest keeps about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -236,7 +224,7 @@ pub struct DatasetReport {
 #[derive(Debug)]
 pub struct Exporter {
     pool: PgPool,
-    store: Arc<dyn ObjectStore>,
+    root: ExportRoot,
     names: Pseudonymizer,
     datasets: Vec<ExportSpec>,
 }
@@ -262,7 +250,7 @@ impl Exporter {
         config.validate()?;
         Ok(Self {
             pool,
-            store: open_root(&config.export_dir)?,
+            root: ExportRoot::open(&config.export_dir)?,
             names: Pseudonymizer::new(&config.export_key)
                 .map_err(|e| ExportError::Config(e.into()))?,
             datasets: datasets(),
@@ -277,6 +265,12 @@ impl Exporter {
             .connect(&config.database_url)
             .await?;
         Self::new(pool, config)
+    }
+
+    /// Writes to `root` instead of the configured one (an object store set up in code).
+    pub fn with_root(mut self, root: ExportRoot) -> Self {
+        self.root = root;
+        self
     }
 
     /// Replaces the dataset list (tests of one dataset; read models added later).
@@ -340,34 +334,24 @@ impl Exporter {
         StorePath::from(format!("{}/{MANIFEST}", spec.name))
     }
 
-    async fn read_manifest(&self, spec: &ExportSpec) -> Result<Manifest, ExportError> {
-        match self.store.get(&Self::manifest_path(spec)).await {
-            Ok(got) => {
-                let bytes = got.bytes().await?;
-                serde_json::from_slice(&bytes).map_err(|e| ExportError::Manifest {
-                    dataset: spec.name.to_owned(),
-                    reason: e.to_string(),
-                })
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(Manifest::default()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Writes `bytes` at `path` whole: under a temporary name first, then renamed over the
-    /// old file, so readers see the old or the new content and never a mix.
-    async fn replace(&self, path: &StorePath, bytes: Vec<u8>) -> Result<(), ExportError> {
-        let tmp = StorePath::from(format!("{path}{TMP_MARK}{}", uuid::Uuid::new_v4()));
-        self.store.put(&tmp, PutPayload::from(bytes)).await?;
-        self.store.rename(&tmp, path).await?;
-        Ok(())
+    /// The dataset's manifest and the version read (for the conditional write at the end).
+    async fn read_manifest(&self, spec: &ExportSpec) -> Result<(Manifest, Seen), ExportError> {
+        let Some((bytes, seen)) = self.root.get(&Self::manifest_path(spec)).await? else {
+            return Ok((Manifest::default(), None));
+        };
+        let manifest = serde_json::from_slice(&bytes).map_err(|e| ExportError::Manifest {
+            dataset: spec.name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok((manifest, seen))
     }
 
     /// Removes the temporary files a crashed cycle left behind.
     async fn remove_leftovers(&self, spec: &ExportSpec) -> Result<(), ExportError> {
         let prefix = StorePath::from(spec.name);
         let leftovers: Vec<StorePath> = self
-            .store
+            .root
+            .store()
             .list(Some(&prefix))
             .try_filter_map(|m| async move {
                 Ok(m.location
@@ -379,7 +363,7 @@ impl Exporter {
             .await?;
         for p in leftovers {
             tracing::info!(path = %p, "removing a temporary file an interrupted export left");
-            self.store.delete(&p).await?;
+            self.root.store().delete(&p).await?;
         }
         Ok(())
     }
@@ -390,7 +374,7 @@ impl Exporter {
         privacy_digest: &str,
     ) -> Result<DatasetReport, ExportError> {
         self.remove_leftovers(spec).await?;
-        let old = self.read_manifest(spec).await?;
+        let (old, seen) = self.read_manifest(spec).await?;
         let key_fingerprint = self.names.key_fingerprint();
         let signature = spec.signature();
         let rewrite_all = old.signature != signature
@@ -498,12 +482,14 @@ impl Exporter {
             dataset: spec.name.to_owned(),
             reason: e.to_string(),
         })?;
-        self.replace(&Self::manifest_path(spec), bytes).await?;
+        self.root
+            .replace_if_unchanged(&Self::manifest_path(spec), bytes, seen)
+            .await?;
         Ok(report)
     }
 
     async fn delete_if_present(&self, path: &StorePath) -> Result<(), ExportError> {
-        match self.store.delete(path).await {
+        match self.root.store().delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -563,11 +549,12 @@ impl Exporter {
         let rows = file.rows();
         let bytes = file.finish()?;
         let len = bytes.len() as u64;
-        self.replace(
-            &StorePath::from(format!("{}/{dir}/{PART_FILE}", spec.name)),
-            bytes,
-        )
-        .await?;
+        self.root
+            .replace(
+                &StorePath::from(format!("{}/{dir}/{PART_FILE}", spec.name)),
+                bytes,
+            )
+            .await?;
         Ok((rows, len))
     }
 }

@@ -1,0 +1,180 @@
+//! Where the export lives: a local directory (the default) or an S3 bucket through
+//! `object_store`, and how each replaces a file whole.
+//!
+//! - Local: write under a temporary name, then rename over the old file (atomic on one file
+//!   system).
+//! - S3: one PUT (an object appears whole; S3 has no rename). The manifest is written with
+//!   a conditional put against the version the cycle read at its start, so two exporters
+//!   writing one root at once cannot both publish a manifest: the second fails with
+//!   [`ExportError::Concurrent`] and its next cycle starts again from what is there.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+
+use super::{ExportError, TMP_MARK};
+
+/// An open export root.
+#[derive(Debug, Clone)]
+pub struct ExportRoot {
+    store: Arc<dyn ObjectStore>,
+    /// The bucket's store without the root's prefix (what DataFusion registers for the URL).
+    bucket: Option<(url::Url, Arc<dyn ObjectStore>)>,
+    location: String,
+}
+
+/// The version of a file read at the start of a cycle: `None` when it did not exist.
+pub type Seen = Option<UpdateVersion>;
+
+impl ExportRoot {
+    /// Opens `root`: a directory (created if missing, `file://` allowed) or
+    /// `s3://bucket[/prefix]`, configured from the standard `AWS_*` variables
+    /// (`AWS_ENDPOINT`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_ALLOW_HTTP` ...).
+    pub fn open(root: &str) -> Result<Self, ExportError> {
+        Self::open_with(root, std::iter::empty::<(&str, String)>())
+    }
+
+    /// `open` with S3 settings given here over the environment's (tests, embedding), named
+    /// as `object_store` names them (`aws_endpoint`, `aws_allow_http` ...).
+    pub fn open_with<K: AsRef<str>>(
+        root: &str,
+        s3_options: impl IntoIterator<Item = (K, String)>,
+    ) -> Result<Self, ExportError> {
+        match root.split_once("://") {
+            Some(("s3", rest)) => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(ExportError::Config(format!(
+                        "export root {root}: no bucket (s3://bucket/prefix)"
+                    )));
+                }
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_conditional_put(S3ConditionalPut::ETagMatch);
+                for (key, value) in s3_options {
+                    let key: AmazonS3ConfigKey = key.as_ref().parse().map_err(|_| {
+                        ExportError::Config(format!("unknown S3 setting {}", key.as_ref()))
+                    })?;
+                    builder = builder.with_config(key, value);
+                }
+                let store: Arc<dyn ObjectStore> = Arc::new(builder.build()?);
+                let url = url::Url::parse(&format!("s3://{bucket}"))
+                    .map_err(|e| ExportError::Config(format!("export root {root}: {e}")))?;
+                let prefix = prefix.trim_matches('/');
+                let rooted: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                    store.clone()
+                } else {
+                    Arc::new(PrefixStore::new(store.clone(), prefix))
+                };
+                Ok(Self {
+                    store: rooted,
+                    bucket: Some((url, store)),
+                    location: format!("s3://{bucket}/{prefix}")
+                        .trim_end_matches('/')
+                        .to_owned(),
+                })
+            }
+            Some(("file", _)) | None => {
+                let dir = PathBuf::from(root.strip_prefix("file://").unwrap_or(root));
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    ExportError::Config(format!("cannot create export directory: {e}"))
+                })?;
+                let dir = dir.canonicalize().map_err(|e| {
+                    ExportError::Config(format!("cannot resolve export directory: {e}"))
+                })?;
+                Ok(Self {
+                    store: Arc::new(LocalFileSystem::new_with_prefix(&dir)?),
+                    bucket: None,
+                    location: dir.display().to_string(),
+                })
+            }
+            Some((scheme, _)) => Err(ExportError::Config(format!(
+                "export root scheme `{scheme}://` is not supported: use a directory or s3://bucket/prefix"
+            ))),
+        }
+    }
+
+    /// The store, rooted at the export root.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The root as a URL prefix (`s3://bucket/prefix`) or an absolute directory.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// For object stores: the bucket URL and its store, to register with DataFusion.
+    pub fn bucket(&self) -> Option<&(url::Url, Arc<dyn ObjectStore>)> {
+        self.bucket.as_ref()
+    }
+
+    /// Reads a file and its version; `None` when there is none.
+    pub async fn get(&self, path: &StorePath) -> Result<Option<(Vec<u8>, Seen)>, ExportError> {
+        match self.store.get(path).await {
+            Ok(got) => {
+                let version = UpdateVersion {
+                    e_tag: got.meta.e_tag.clone(),
+                    version: got.meta.version.clone(),
+                };
+                let bytes = got.bytes().await?;
+                Ok(Some((bytes.to_vec(), Some(version))))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes `bytes` at `path` whole: readers see the old or the new content, never a mix.
+    pub async fn replace(&self, path: &StorePath, bytes: Vec<u8>) -> Result<(), ExportError> {
+        if self.bucket.is_some() {
+            self.store.put(path, PutPayload::from(bytes)).await?;
+        } else {
+            let tmp = StorePath::from(format!("{path}{TMP_MARK}{}", uuid::Uuid::new_v4()));
+            self.store.put(&tmp, PutPayload::from(bytes)).await?;
+            self.store.rename(&tmp, path).await?;
+        }
+        Ok(())
+    }
+
+    /// `replace`, on an object store only if the file is still the version `seen` (read at
+    /// the cycle's start; `None`: it must not exist yet).
+    pub async fn replace_if_unchanged(
+        &self,
+        path: &StorePath,
+        bytes: Vec<u8>,
+        seen: Seen,
+    ) -> Result<(), ExportError> {
+        if self.bucket.is_none() {
+            return self.replace(path, bytes).await;
+        }
+        let mode = match seen {
+            Some(version) => PutMode::Update(version),
+            None => PutMode::Create,
+        };
+        let options = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(path, PutPayload::from(bytes), options)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Err(ExportError::Concurrent {
+                path: path.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
