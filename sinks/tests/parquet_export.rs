@@ -22,6 +22,8 @@ use pulseline_sinks::export::{
     DEV_EXPORT_KEY, ExportConfig, ExportError, ExportRoot, Exporter, Pseudonymizer,
 };
 use pulseline_testkit::s3::MotoS3;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use support::Harness;
 use uuid::Uuid;
 
@@ -169,6 +171,14 @@ type NightRow = (String, NaiveDate, i32, u64);
 /// Every `part-*.parquet` under a dataset, with its partition directory, as the readers
 /// of the export see them (temporary files are not `.parquet`).
 fn parquet_files(root: &Path, dataset: &str) -> Vec<PathBuf> {
+    files_under(&root.join(dataset))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect()
+}
+
+/// Every file under `dir` (none if it does not exist), sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -177,13 +187,13 @@ fn parquet_files(root: &Path, dataset: &str) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
+            } else {
                 out.push(p);
             }
         }
     }
     let mut out = Vec::new();
-    walk(&root.join(dataset), &mut out);
+    walk(dir, &mut out);
     out.sort();
     out
 }
@@ -648,6 +658,87 @@ async fn an_s3_root_holds_the_same_export_and_never_overwrites_a_newer_manifest(
     std::fs::remove_dir_all(f.dir.path().join("samples")).expect("clear");
     download(&root, f.dir.path()).await;
     assert_export_equals_postgres(&f).await;
+}
+
+/// The exporter binary SIGKILLed at seeded moments of its cycles, with corrections,
+/// deletions and privacy changes (each making the next cycle rewrite every partition)
+/// between the kills: the export ends equal to Postgres, with no leftover file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_exporter_process_ends_equal_to_postgres() {
+    let mut rng =
+        StdRng::seed_from_u64(pulseline_testkit::test_seed("killed exporter", 20_261_202));
+    let f = Fixture::new().await;
+    f.seed().await;
+    let [a, b] = f.users;
+    // Many partitions (about 250 days x 2 metrics per user), so a cycle takes long enough
+    // to be killed in its middle.
+    for user in [a, b] {
+        sqlx::query(
+            "INSERT INTO sample (user_id, source_id, source_record_id, start_at, metric, \
+             device_type, end_at, tz_offset_minutes, value, unit, category, metadata, \
+             content_hash, deleted, change_seq, change_index, accepted_at) \
+             SELECT $1, 'watch-of-alice', 'bulk-' || m || '-' || g, \
+             timestamptz '2026-03-01 00:00Z' + g * interval '37 minutes', m, 'WATCH', \
+             timestamptz '2026-03-01 00:00Z' + g * interval '37 minutes', 60, g % 200, \
+             'count', NULL, '{}', '\\x00', false, 1, 0, now() \
+             FROM generate_series(0, 9999) g, unnest(ARRAY['STEPS', 'HEART_RATE']) m",
+        )
+        .bind(user)
+        .execute(&f.h.pool)
+        .await
+        .expect("bulk samples");
+    }
+    let export = |f: &Fixture| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pulseline-export"))
+            .args(["--once", "--database-url", &f.h.db.url, "--export-dir"])
+            .arg(f.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pulseline-export")
+    };
+    // An uninterrupted first cycle: how long a whole cycle takes.
+    let started = std::time::Instant::now();
+    let status = export(&f).wait().expect("wait");
+    assert!(status.success());
+    let whole = started.elapsed();
+    let mut killed_running = 0;
+    for round in 0..5_u32 {
+        sqlx::query("UPDATE sample SET value = value + 1, change_seq = change_seq + 1, accepted_at = now() WHERE source_record_id = $1")
+            .bind(format!("bulk-STEPS-{}", rng.random_range(0..10_000)))
+            .execute(&f.h.pool)
+            .await
+            .expect("correct");
+        sqlx::query("UPDATE sample SET deleted = true, change_seq = change_seq + 1, accepted_at = now() WHERE source_record_id = $1")
+            .bind(format!("bulk-HEART_RATE-{}", rng.random_range(0..10_000)))
+            .execute(&f.h.pool)
+            .await
+            .expect("delete");
+        f.block(b, if round % 2 == 0 { &[] } else { &["HEART_RATE"] })
+            .await;
+        let at = whole.mul_f64(rng.random_range(0.1..0.9));
+        let mut child = export(&f);
+        tokio::time::sleep(at).await;
+        let running = child.try_wait().expect("try_wait").is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!(
+            "round {round}: SIGKILL after {at:?} (a whole cycle took {whole:?}); running: {running}"
+        );
+        killed_running += usize::from(running);
+    }
+    assert!(
+        killed_running >= 1,
+        "no kill landed inside a cycle: the test proved nothing"
+    );
+    let status = export(&f).wait().expect("wait");
+    assert!(status.success());
+    assert_export_equals_postgres(&f).await;
+    let leftovers: Vec<PathBuf> = files_under(f.dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]
