@@ -46,6 +46,23 @@ pub const READ_MODELS: [(&str, &[Stream]); 4] = [
     (ProductImpactUpsert::NAME, ProductImpactUpsert::STREAMS),
 ];
 
+/// Polls until every one of `users` is fresh or `within` has passed; returns how many
+/// are still stale (0: all fresh).
+pub async fn wait_fresh(
+    pool: &PgPool,
+    users: &[Uuid],
+    within: std::time::Duration,
+) -> sqlx::Result<usize> {
+    let began = std::time::Instant::now();
+    loop {
+        let stale = stale_users(pool, users).await?;
+        if stale == 0 || began.elapsed() > within {
+            return Ok(stale);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// How many of `users` have a read model that is not fresh (the query API's rule).
 pub async fn stale_users(pool: &PgPool, users: &[Uuid]) -> sqlx::Result<usize> {
     let mut conn = pool.acquire().await?;

@@ -454,10 +454,10 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
     {
         // What noida-db loses on a restart (records it had acknowledged, producer state) is
         // recovered as an operator would: the commands, never hand-written SQL.
-        wait_fresh(&pool, &user_ids, Duration::from_secs(30)).await?;
+        check::wait_fresh(&pool, &user_ids, Duration::from_secs(30)).await?;
         report.repaired_users = recover_from_broker_loss(&parts, &pool, &user_ids).await?;
     }
-    report.stale_users = wait_fresh(&pool, &user_ids, Duration::from_secs(180)).await?;
+    report.stale_users = check::wait_fresh(&pool, &user_ids, Duration::from_secs(180)).await?;
     report.settled_secs = load_ended.elapsed().as_secs_f64();
     report.requests = counters.requests.load(Ordering::Relaxed);
     report.resent = counters.resent.load(Ordering::Relaxed);
@@ -622,17 +622,6 @@ async fn wait_for_tables(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Waits until every read model of every user is fresh; returns how many users are not
 /// after `within`.
-async fn wait_fresh(pool: &PgPool, users: &[Uuid], within: Duration) -> anyhow::Result<usize> {
-    let began = Instant::now();
-    loop {
-        let stale = check::stale_users(pool, users).await?;
-        if stale == 0 || began.elapsed() > within {
-            return Ok(stale);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 fn print_report(r: &ChaosReport) {
     println!("summary (seed {}):", r.seed);
     println!(

@@ -5,7 +5,7 @@
 //! outbox; a running pipeline applies it), then, once their read models are fresh, they are
 //! compared again.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::ensure;
 use chrono::{DateTime, Utc};
@@ -94,19 +94,13 @@ pub async fn wait_until_fresh(
     users: &[Uuid],
     within: Duration,
 ) -> anyhow::Result<()> {
-    let began = Instant::now();
-    loop {
-        let stale = check::stale_users(pool, users).await?;
-        if stale == 0 {
-            return Ok(());
-        }
-        ensure!(
-            began.elapsed() < within,
-            "{stale} users' read models still stale after {} s (is the pipeline running?)",
-            within.as_secs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let stale = check::wait_fresh(pool, users, within).await?;
+    ensure!(
+        stale == 0,
+        "{stale} users' read models still stale after {} s (is the pipeline running?)",
+        within.as_secs()
+    );
+    Ok(())
 }
 
 /// (source, record, start, metric, device, end, offset, value, unit, category, seq, index)
