@@ -256,9 +256,11 @@ impl SimulatedUser {
                 .round();
                 minute.push(("HEART_RATE", Some(hr), None, 0, 0));
                 if asleep && start.minute().is_multiple_of(10) {
+                    // The 10-minute stage that ends now: a watch reports a stage once it is
+                    // over, so no upload reaches past the present.
                     let stages = ["core", "deep", "rem", "core", "awake"];
                     let stage = stages[self.rng.random_range(0..stages.len())];
-                    minute.push(("SLEEP_STAGE", None, Some(stage), 0, 10));
+                    minute.push(("SLEEP_STAGE", None, Some(stage), 10, 10));
                 }
                 if local_hour == 14 && start.minute() == 40 && self.rng.random_bool(0.25) {
                     // An afternoon nap 14:00-14:40, uploaded once it is over.
@@ -528,13 +530,24 @@ mod tests {
 
     #[test]
     fn uploads_never_reach_past_now() {
-        let now = Utc::now();
-        let mut u = SimulatedUser::new(3, now - TimeDelta::minutes(30), TrafficMix::default());
-        for _ in 0..10 {
-            let up = u.next_upload(500, now);
-            for s in up.body["samples"].as_array().into_iter().flatten() {
-                let end = DateTime::parse_from_rfc3339(s["endAt"].as_str().unwrap()).unwrap();
-                assert!(end <= now + TimeDelta::minutes(5));
+        // Every hour of a day and a few minutes past each: sleep stages, naps and phone
+        // blocks all end by then.
+        let day = DateTime::parse_from_rfc3339("2026-11-30T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for step in 0..24 * 6 {
+            let now = day + TimeDelta::minutes(step * 10 + 3);
+            for seed in [3, 4] {
+                let mut u =
+                    SimulatedUser::new(seed, now - TimeDelta::minutes(30), TrafficMix::default());
+                for _ in 0..10 {
+                    let up = u.next_upload(500, now);
+                    for s in up.body["samples"].as_array().into_iter().flatten() {
+                        let end =
+                            DateTime::parse_from_rfc3339(s["endAt"].as_str().unwrap()).unwrap();
+                        assert!(end <= now + TimeDelta::minutes(5), "now {now}: ends {end}");
+                    }
+                }
             }
         }
     }

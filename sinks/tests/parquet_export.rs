@@ -525,6 +525,10 @@ async fn an_interrupted_export_leaves_the_old_or_the_new_partition() {
     let tmp = part.with_file_name("part-0.parquet.tmp-0000");
     let new_bytes = std::fs::read(&part).expect("read");
     std::fs::write(&tmp, &new_bytes[..new_bytes.len() / 2]).expect("half-written temp file");
+    // object_store's own staging file of that write (killed inside `put`): it lists no
+    // file with `#` in its name, so only a look at the disk finds it.
+    let staging = part.with_file_name("part-0.parquet.tmp-0000#1");
+    std::fs::write(&staging, b"half").expect("staging file");
     // ... and a change that cycle was exporting.
     sqlx::query("UPDATE sample SET value = 1.5, change_seq = change_seq + 1, accepted_at = now() WHERE source_record_id = 'a-h2'")
         .execute(&f.h.pool)
@@ -540,6 +544,7 @@ async fn an_interrupted_export_leaves_the_old_or_the_new_partition() {
         .await
         .expect("export after the crash");
     assert!(!tmp.exists(), "leftover temporary file removed");
+    assert!(!staging.exists(), "leftover staging file removed");
     assert_export_equals_postgres(&f).await;
     assert_eq!(exported_samples(root).len(), before.len());
 

@@ -346,34 +346,12 @@ impl Exporter {
         Ok((manifest, seen))
     }
 
-    /// Removes the temporary files a crashed cycle left behind.
-    async fn remove_leftovers(&self, spec: &ExportSpec) -> Result<(), ExportError> {
-        let prefix = StorePath::from(spec.name);
-        let leftovers: Vec<StorePath> = self
-            .root
-            .store()
-            .list(Some(&prefix))
-            .try_filter_map(|m| async move {
-                Ok(m.location
-                    .filename()
-                    .is_some_and(|f| f.contains(TMP_MARK))
-                    .then_some(m.location))
-            })
-            .try_collect()
-            .await?;
-        for p in leftovers {
-            tracing::info!(path = %p, "removing a temporary file an interrupted export left");
-            self.root.store().delete(&p).await?;
-        }
-        Ok(())
-    }
-
     async fn export_dataset(
         &mut self,
         spec: &ExportSpec,
         privacy_digest: &str,
     ) -> Result<DatasetReport, ExportError> {
-        self.remove_leftovers(spec).await?;
+        self.root.remove_leftovers(spec.name).await?;
         let (old, seen) = self.read_manifest(spec).await?;
         let key_fingerprint = self.names.key_fingerprint();
         let signature = spec.signature();

@@ -8,9 +8,10 @@
 //!   writing one root at once cannot both publish a manifest: the second fails with
 //!   [`ExportError::Concurrent`] and its next cycle starts again from what is there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
@@ -25,6 +26,8 @@ pub struct ExportRoot {
     store: Arc<dyn ObjectStore>,
     /// The bucket's store without the root's prefix (what DataFusion registers for the URL).
     bucket: Option<(url::Url, Arc<dyn ObjectStore>)>,
+    /// The directory of a local root.
+    dir: Option<PathBuf>,
     location: String,
 }
 
@@ -75,6 +78,7 @@ impl ExportRoot {
                 Ok(Self {
                     store: rooted,
                     bucket: Some((url, store)),
+                    dir: None,
                     location: format!("s3://{bucket}/{prefix}")
                         .trim_end_matches('/')
                         .to_owned(),
@@ -92,6 +96,7 @@ impl ExportRoot {
                     store: Arc::new(LocalFileSystem::new_with_prefix(&dir)?),
                     bucket: None,
                     location: dir.display().to_string(),
+                    dir: Some(dir),
                 })
             }
             Some((scheme, _)) => Err(ExportError::Config(format!(
@@ -143,6 +148,44 @@ impl ExportRoot {
         Ok(())
     }
 
+    /// Removes the temporary files an interrupted cycle left under `dataset`. On a local
+    /// disk they are found on the disk itself: `object_store` lists no file with `#` in its
+    /// name, and its own staging files (`<temporary name>#<n>`) have one.
+    pub async fn remove_leftovers(&self, dataset: &str) -> Result<usize, ExportError> {
+        let leftovers: Vec<StorePath> = match &self.dir {
+            Some(dir) => {
+                let (dir, dataset) = (dir.clone(), dataset.to_owned());
+                let files = tokio::task::spawn_blocking(move || temporary_files(&dir, &dataset))
+                    .await
+                    .map_err(|e| ExportError::Config(format!("listing leftovers: {e}")))?
+                    .map_err(|e| ExportError::Config(format!("listing leftovers: {e}")))?;
+                for file in &files {
+                    tracing::info!(path = %file.display(), "removing a temporary file an interrupted export left");
+                    std::fs::remove_file(file)
+                        .map_err(|e| ExportError::Config(format!("removing a leftover: {e}")))?;
+                }
+                return Ok(files.len());
+            }
+            None => {
+                self.store
+                    .list(Some(&StorePath::from(dataset)))
+                    .try_filter_map(|m| async move {
+                        Ok(m.location
+                            .filename()
+                            .is_some_and(|f| f.contains(TMP_MARK))
+                            .then_some(m.location))
+                    })
+                    .try_collect()
+                    .await?
+            }
+        };
+        for p in &leftovers {
+            tracing::info!(path = %p, "removing a temporary object an interrupted export left");
+            self.store.delete(p).await?;
+        }
+        Ok(leftovers.len())
+    }
+
     /// `replace`, on an object store only if the file is still the version `seen` (read at
     /// the cycle's start; `None`: it must not exist yet).
     pub async fn replace_if_unchanged(
@@ -177,4 +220,27 @@ impl ExportRoot {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The files under `root/dataset` whose name marks them temporary.
+fn temporary_files(root: &Path, dataset: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.join(dataset)];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                dirs.push(path);
+            } else if entry.file_name().to_string_lossy().contains(TMP_MARK) {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
 }
