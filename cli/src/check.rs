@@ -78,6 +78,68 @@ pub async fn stale_users(pool: &PgPool, users: &[Uuid]) -> sqlx::Result<usize> {
     Ok(stale)
 }
 
+/// (backend pid, state, wait event, transaction age in seconds) of a relay lock holder.
+type LockHolder = (i32, Option<String>, Option<String>, Option<f64>);
+
+/// Where a stale user's changes stand, one line per stale read model and stream: what the
+/// gateway accepted against what the sink applied, what still waits in the user's outbox
+/// shard, and who holds that shard's relay lock. Printed when a run ends stale, so the
+/// log says which hop stopped (relay, processor or sink) without a rerun.
+pub async fn why_stale(pool: &PgPool, users: &[Uuid], shards: u16) -> sqlx::Result<Vec<String>> {
+    let mut conn = pool.acquire().await?;
+    let mut lines = Vec::new();
+    for user in users {
+        let shard = pulseline_ingest_gateway::outbox::shard_of(*user, shards);
+        let before = lines.len();
+        for (name, streams) in READ_MODELS {
+            let f = freshness(&mut conn, *user, name, streams).await?;
+            for s in f
+                .streams
+                .iter()
+                .filter(|s| s.status != FreshnessStatus::Fresh)
+            {
+                lines.push(format!(
+                    "user {user} {name}/{}: accepted seq {}, applied {}, oldest unapplied {:.1} s old",
+                    s.stream, s.latest_seq, s.applied_seq, s.lag_seconds
+                ));
+            }
+        }
+        if lines.len() == before {
+            continue;
+        }
+        let (rows, first, oldest): (i64, Option<i64>, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), min(id), EXTRACT(EPOCH FROM (clock_timestamp() - min(created_at)))::float8 \
+             FROM outbox WHERE shard = $1",
+        )
+        .bind(shard)
+        .fetch_one(&mut *conn)
+        .await?;
+        lines.push(format!(
+            "  outbox shard {shard}: {rows} rows waiting (first id {first:?}, oldest {:.1} s)",
+            oldest.unwrap_or(0.0)
+        ));
+        let holders: Vec<LockHolder> = sqlx::query_as(
+            "SELECT a.pid, a.state, a.wait_event, \
+                    EXTRACT(EPOCH FROM (clock_timestamp() - a.xact_start))::float8 \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = $1 AND l.objid::bigint = $2",
+        )
+        .bind(i64::from(pulseline_ingest_gateway::relay::RELAY_LOCK_CLASS))
+        .bind(i64::from(shard))
+        .fetch_all(&mut *conn)
+        .await?;
+        for (pid, state, wait, age) in holders {
+            lines.push(format!(
+                "  shard {shard} relay lock held by backend {pid} ({}, waiting on {}, transaction {:.1} s old)",
+                state.unwrap_or_default(),
+                wait.unwrap_or_else(|| "nothing".to_owned()),
+                age.unwrap_or(0.0)
+            ));
+        }
+    }
+    Ok(lines)
+}
+
 /// (user, metric, period, local start, value, min, max, count, sources) of a rollup row.
 type RollupRow = (
     Uuid,

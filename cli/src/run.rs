@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// Samples per upload (the apps batch their backlog).
     #[arg(long, default_value_t = 300)]
     batch: usize,
+    /// Items per second all users together send (paced evenly); 0: as fast as the clients
+    /// go. A steady rate measures freshness under a known load.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Days of offline backlog each user starts with.
     #[arg(long, default_value_t = 14)]
     backlog_days: i64,
@@ -91,6 +95,26 @@ struct Tally {
     retried: AtomicU64,
     /// Event items (logged events, edits and deletions) acknowledged.
     events: AtomicU64,
+}
+
+/// Spreads the users' uploads evenly over time at a fixed total rate.
+struct Pacer {
+    began: Instant,
+    /// Items per second; 0 means unpaced.
+    rate: u64,
+    /// Items handed out so far: an upload is due when they would have been sent at `rate`.
+    scheduled: AtomicU64,
+}
+
+impl Pacer {
+    async fn wait_turn(&self, items: usize) {
+        if self.rate == 0 {
+            return;
+        }
+        let before = self.scheduled.fetch_add(items as u64, Ordering::Relaxed);
+        let due = self.began + Duration::from_secs_f64(before as f64 / self.rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+    }
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -155,6 +179,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let began = Instant::now();
     let deadline = began + Duration::from_secs(args.duration);
+    let pacer = Arc::new(Pacer {
+        began,
+        rate: args.rate,
+        scheduled: AtomicU64::new(0),
+    });
     let mut clients = Vec::new();
     for (index, user) in users.iter().enumerate() {
         let (user, tally, latencies, http, url, token, pending) = (
@@ -168,6 +197,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         let events_url = format!("{gateway_url}/v1/events:batch");
         let batch = args.batch;
+        let pacer = pacer.clone();
         clients.push(tokio::spawn(async move {
             let mut u = user.lock().await;
             while Instant::now() < deadline {
@@ -177,6 +207,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
+                pacer.wait_turn(upload.items).await;
                 let sent = Instant::now();
                 let answer = clients::post(&http, &url, &token, &upload.body, &tally.retried).await;
                 tally.requests.fetch_add(1, Ordering::Relaxed);
@@ -362,6 +393,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         fpct(0.5),
         fpct(0.99),
         fl.len(),
+    );
+    // One line to compare across commits: the acknowledged-to-readable latency at this load.
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "freshness",
+            "rate": args.rate,
+            "items_per_s": (t(&tally.items) as f64 / load_secs).round(),
+            "seconds": args.duration,
+            "users": args.users,
+            "ack_to_read_p50_ms": fpct(0.5).round(),
+            "ack_to_read_p99_ms": fpct(0.99).round(),
+            "uploads": fl.len(),
+        })
     );
     println!(
         "  processors: {} records consumed, {} transactions committed, {} aborted",

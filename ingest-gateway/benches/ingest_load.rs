@@ -214,6 +214,10 @@ async fn main() {
         .copied()
         .unwrap_or(0.0);
     let lag_max = lag_samples.last().copied().unwrap_or(0.0);
+    let lag_p99 = lag_samples
+        .get((lag_samples.len() * 99 / 100).min(lag_samples.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0);
 
     let copy_secs = copy_baseline(&pool, written.max(1)).await;
     let copy_rate = written.max(1) as f64 / copy_secs;
@@ -245,6 +249,20 @@ async fn main() {
         "  baseline: COPY of {written} sample rows into a plain table: {copy_secs:.2} s = {copy_rate:.0} rows/s"
     );
     println!("  ratio gateway / COPY floor: {:.3}", rate / copy_rate);
+    // One line to compare across commits.
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "ingest",
+            "samples_per_s": rate.round(),
+            "copy_rows_per_s": copy_rate.round(),
+            "ratio_to_copy": (rate / copy_rate * 1000.0).round() / 1000.0,
+            "request_p50_ms": (ms(pct(0.50)) * 10.0).round() / 10.0,
+            "request_p99_ms": (ms(pct(0.99)) * 10.0).round() / 10.0,
+            "relay_lag_p99_s": (lag_p99 * 100.0).round() / 100.0,
+            "relay_drain_s": (drain.as_secs_f64() * 100.0).round() / 100.0,
+        })
+    );
 }
 
 fn ms(d: Duration) -> f64 {

@@ -135,6 +135,37 @@ async fn applies_committed_aborted_and_unusable_records_exactly_as_versions_say(
     task.await.unwrap().unwrap();
 }
 
+/// A sink that has caught up keeps applying what follows an aborted transaction. On
+/// noida-db a read_committed consumer did not: the broker lists the aborted transaction in
+/// every later fetch response, and librdkafka skipped all later records of its producer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_up_sink_keeps_applying_after_an_aborted_transaction() {
+    let h = Harness::with_topics("sink-live-abort").await;
+    let mut rng = StdRng::seed_from_u64(4);
+    let users: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let records = workload(&mut rng, &users, 6);
+    let (first, second) = records.split_at(records.len() / 2);
+    let mut producer = RollupProducer::new(&h).await;
+    produce_committed(&mut producer, first, 40).await;
+    let app = SinkApplication::build(h.config(25)).await.unwrap();
+    let (stop, task) = spawn_sink(app);
+    h.wait_for_offsets(&producer.expected_offsets(), WITHIN)
+        .await;
+
+    // Aborted while the sink follows the partitions; a processor's replay re-emits the
+    // same records in the committed transactions after it.
+    producer
+        .transaction(&second[..second.len().min(30)], false)
+        .await;
+    produce_committed(&mut producer, second, 40).await;
+    h.wait_for_offsets(&producer.expected_offsets(), WITHIN)
+        .await;
+    assert_eq!(h.rows().await, expected_rows(&records));
+    assert_eq!(h.progress().await, expected_progress(&records));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_mid_stream_and_restarted_it_ends_at_the_final_versions() {
     let h = Harness::with_topics("sink-restart").await;

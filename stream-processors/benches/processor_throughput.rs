@@ -131,7 +131,36 @@ fn knob(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-async fn measure(transactions: bool) -> f64 {
+/// CPU seconds this process has used (user + system), from /proc/self/stat: the runtime
+/// runs in this process, so its CPU over a measurement is the processor's.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state (field 3);
+    // utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<f64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    fields.iter().sum::<f64>() / 100.0
+}
+
+/// One measured run: samples consumed, wall seconds and CPU seconds of this process.
+struct Measured {
+    samples: u64,
+    secs: f64,
+    cpu_secs: f64,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.samples as f64 / self.secs
+    }
+}
+
+async fn measure(transactions: bool) -> Measured {
     let env = Env::new(if transactions { "tput-tx" } else { "tput-alo" }).await;
     let changes = minute_steps(knob("BENCH_USERS", 20), knob("BENCH_MINUTES", 1000) as i64);
     env.produce(&changes).await;
@@ -146,14 +175,16 @@ async fn measure(transactions: bool) -> f64 {
     })
     .await;
     let started = Instant::now();
+    let cpu_before = cpu_seconds();
     let n = changes.len() as u64;
     wait_for("all consumed", Duration::from_secs(600), || {
         handle.status().consumed_records() >= n
     })
     .await;
     let secs = started.elapsed().as_secs_f64();
+    let cpu_secs = cpu_seconds() - cpu_before;
     println!(
-        "transactions={transactions}: {n} samples in {secs:.2} s = {:.0} samples/s ({} batches, {} rows out)",
+        "transactions={transactions}: {n} samples in {secs:.2} s = {:.0} samples/s, {cpu_secs:.2} CPU s ({} batches, {} rows out)",
         n as f64 / secs,
         handle.status().committed_batches(),
         handle
@@ -161,17 +192,22 @@ async fn measure(transactions: bool) -> f64 {
             .count("out", &env.topic("readmodel.rollups.v1")),
     );
     handle.shutdown().await.expect("clean shutdown");
-    n as f64 / secs
+    Measured {
+        samples: n,
+        secs,
+        cpu_secs,
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let with = measure(true).await;
     let without = measure(false).await;
+    let cost = 1.0 - with.rate() / without.rate();
     println!(
         "exactly-once costs {:.0}% of at-least-once throughput (ratio {:.3})",
-        (1.0 - with / without) * 100.0,
-        with / without
+        cost * 100.0,
+        with.rate() / without.rate()
     );
     let users = knob("BENCH_USERS", 20);
     engine_only(
@@ -181,5 +217,16 @@ async fn main() {
     engine_only(
         SleepNights::default(),
         &nights(users, knob("BENCH_NIGHTS", 30) as i64),
+    );
+    // One line to compare across commits (the transactional run's figures).
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "processor",
+            "samples": with.samples,
+            "samples_per_s": with.rate().round(),
+            "samples_per_s_per_core": (with.samples as f64 / with.cpu_secs.max(1e-9)).round(),
+            "transaction_cost": (cost * 1000.0).round() / 1000.0,
+        })
     );
 }

@@ -458,6 +458,16 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<ChaosReport> {
         report.repaired_users = recover_from_broker_loss(&parts, &pool, &user_ids).await?;
     }
     report.stale_users = check::wait_fresh(&pool, &user_ids, Duration::from_secs(180)).await?;
+    if report.stale_users > 0 {
+        report.examples.extend(
+            check::why_stale(
+                &pool,
+                &user_ids,
+                pulseline_ingest_gateway::outbox::DEFAULT_SHARDS,
+            )
+            .await?,
+        );
+    }
     report.settled_secs = load_ended.elapsed().as_secs_f64();
     report.requests = counters.requests.load(Ordering::Relaxed);
     report.resent = counters.resent.load(Ordering::Relaxed);
@@ -620,8 +630,6 @@ async fn wait_for_tables(pool: &PgPool) -> anyhow::Result<()> {
     }
 }
 
-/// Waits until every read model of every user is fresh; returns how many users are not
-/// after `within`.
 fn print_report(r: &ChaosReport) {
     println!("summary (seed {}):", r.seed);
     println!(

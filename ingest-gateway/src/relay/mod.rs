@@ -59,7 +59,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use sqlx::PgPool;
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OnceCell, watch};
 use tokio::task::JoinSet;
@@ -144,7 +144,7 @@ impl OutboxRelay {
             // died while idle costs one retried batch; not a ping per batch.
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(&config.database_url)
+            .connect_with(session_options(&config)?)
             .await?;
         crate::MIGRATOR.run(&pool).await?;
         topics::ensure_all(&config.kafka_bootstrap, &config.topic_prefix).await?;
@@ -355,6 +355,27 @@ impl OutboxRelay {
         }
     }
 }
+
+/// The relay's Postgres sessions end a batch transaction that stalls: a relay that froze
+/// (SIGSTOP, a paused VM, a network partition) would otherwise keep its shards' locks until
+/// TCP keepalive notices, hours later, and no other relay could publish them. A batch is
+/// idle in its transaction only while it awaits acknowledgements, which the delivery
+/// timeout bounds; its statements are small and indexed.
+fn session_options(config: &RelayConfig) -> Result<PgConnectOptions, RelayError> {
+    let idle_ms = config
+        .delivery_timeout_ms
+        .saturating_add(STALLED_BATCH_GRACE_MS);
+    Ok(config.database_url.parse::<PgConnectOptions>()?.options([
+        ("idle_in_transaction_session_timeout", idle_ms.to_string()),
+        ("statement_timeout", STATEMENT_TIMEOUT_MS.to_string()),
+    ]))
+}
+
+/// How much longer than the delivery timeout a batch may sit idle in its transaction.
+const STALLED_BATCH_GRACE_MS: u64 = 30_000;
+
+/// Ceiling on one relay statement (claim, delete, dead-letter, depth).
+const STATEMENT_TIMEOUT_MS: u64 = 60_000;
 
 /// Turns NOTIFYs into wake-ups. A lost connection also wakes the relay (notifications may
 /// have been missed) and is retried forever; the poll interval covers the gap.

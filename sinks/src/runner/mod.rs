@@ -1,5 +1,5 @@
 //! The consuming side of a sink: a consumer-group member on one read model's topic that
-//! reads (read_committed), decodes rows and progress records, batches and hands batches to
+//! reads (read_uncommitted: see `session`), decodes rows and progress records, batches and hands batches to
 //! a `SinkFor<M>`, never committing offsets to Kafka.
 //!
 //! Exactly once, without Kafka's offsets: on every assignment the rebalance callback reads
@@ -8,8 +8,9 @@
 //! offsets together only if the stored offset is still that one. A crash before the
 //! commit leaves nothing; a crash after it leaves the offsets past the batch; a zombie
 //! instance or a commit retried after a lost answer is refused (`OffsetConflict`) and the
-//! consumer starts again from the stored offsets. Records of aborted transactions, which
-//! tansu shows read_committed readers, are harmless: writes are version-guarded.
+//! consumer starts again from the stored offsets. Records of aborted transactions are read
+//! and harmless: writes are version-guarded, and the processor's replay of an aborted batch
+//! emits the same rows with the same versions.
 //!
 //! Records that cannot be decoded or parsed go to the dead-letter topic with the reason
 //! (at least once: a batch retried after a failure may send them again), and their
@@ -228,7 +229,13 @@ impl<M: StoredReadModel> SinkRunner<M> {
             .set("bootstrap.servers", &self.settings.kafka_bootstrap)
             .set("group.id", &self.settings.group_id)
             .set("client.id", "pulseline-sink")
-            .set("isolation.level", "read_committed")
+            // Uncommitted too: writes are version-guarded and processors re-emit an aborted
+            // batch identically (module doc), so an aborted record changes nothing, and a
+            // row shows as soon as it is produced, not at the commit marker. A
+            // read_committed reader would also be stranded by noida-db, which keeps listing
+            // an aborted transaction in later fetch responses: librdkafka then skipped every
+            // later record of that producer (STACK.md).
+            .set("isolation.level", "read_uncommitted")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             // Only reached for partitions without a stored offset (we assign Beginning) or

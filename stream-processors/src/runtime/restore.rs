@@ -2,9 +2,10 @@
 //! the beginning to their end and hand the entries of committed batches to the partition's
 //! task. Processing of those partitions resumes only after this returns.
 //!
-//! Committed batches only. On Apache Kafka a read_committed reader never sees aborted
-//! records; tansu shows them (STACK.md), and not always at once (an abort just before the
-//! restore may be invisible to it and visible later). So every changelog record carries
+//! Committed batches only, found here rather than by the broker: the reader reads
+//! uncommitted records, because brokers differ (STACK.md): tansu shows aborted records to
+//! read_committed readers, not always at once, and noida-db makes librdkafka skip committed
+//! records after an abort. So every changelog record carries
 //! its batch attempt and the input offsets it covered (`from` = committed position it
 //! started at, `to` = position it would commit), and the restore walks back from the
 //! group's committed offsets: the attempt that ended where the group committed, then the
@@ -12,7 +13,7 @@
 //! (aborted, crashed, fenced, or whose offsets were never committed in at-least-once mode)
 //! are ignored. If the chain cannot be followed to the beginning (compaction removed old
 //! records on a real Kafka, or records predate the tags), the records older than the
-//! oldest attempt found are trusted, as a read_committed reader would.
+//! oldest attempt found are trusted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};

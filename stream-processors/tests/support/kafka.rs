@@ -164,6 +164,14 @@ impl Env {
 
     /// Every record of a topic from the beginning to its current end (read_committed).
     pub fn read_all(&self, topic: &str) -> Vec<RawRecord> {
+        self.read_all_as(topic, "read_committed")
+    }
+
+    /// The same with the given isolation level. noida-db keeps listing an aborted
+    /// transaction in later fetch responses, so a read_committed reader whose reading spans
+    /// several responses may skip committed records after an abort; a version-guarded fold
+    /// (what the sink does) reads uncommitted.
+    pub fn read_all_as(&self, topic: &str, isolation: &str) -> Vec<RawRecord> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.stack.kafka_bootstrap)
             .set(
@@ -171,7 +179,7 @@ impl Env {
                 format!("{}reader-{}", self.prefix, uuid::Uuid::new_v4()),
             )
             .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
+            .set("isolation.level", isolation)
             .set("enable.partition.eof", "true")
             .create()
             .unwrap();
@@ -232,9 +240,16 @@ impl Env {
 
     /// Every record on the rollups topic (rows and progress), in topic order per partition.
     pub async fn rollup_records(&self) -> Vec<ReadModelRecord<RollupUpsert>> {
+        self.rollup_records_as("read_committed").await
+    }
+
+    async fn rollup_records_as(
+        &self,
+        isolation: &'static str,
+    ) -> Vec<ReadModelRecord<RollupUpsert>> {
         let topic = self.codec.topic_of::<RollupUpsert>();
         let env = self.clone_for_blocking();
-        let raw = tokio::task::spawn_blocking(move || env.read_all(&topic))
+        let raw = tokio::task::spawn_blocking(move || env.read_all_as(&topic, isolation))
             .await
             .unwrap();
         let mut records = Vec::with_capacity(raw.len());
@@ -266,9 +281,19 @@ impl Env {
             .collect()
     }
 
-    /// The rollups read model as a version-guarded sink holds it.
+    /// The rollups read model as a version-guarded sink holds it (reading uncommitted
+    /// records, as the sink does).
     pub async fn rollups(&self) -> BTreeMap<String, RollupUpsert> {
-        fold_read_model(&self.rollup_rows().await)
+        let rows: Vec<RollupUpsert> = self
+            .rollup_records_as("read_uncommitted")
+            .await
+            .into_iter()
+            .filter_map(|r| match r {
+                ReadModelRecord::Row(row) => Some(row),
+                ReadModelRecord::Progress(_) => None,
+            })
+            .collect();
+        fold_read_model(&rows)
     }
 
     pub async fn dead_letters(&self) -> Vec<BTreeMap<String, String>> {
