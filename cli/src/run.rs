@@ -394,10 +394,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         fpct(0.99),
         fl.len(),
     );
-    // One line to compare across commits: the acknowledged-to-readable latency at this load.
-    println!(
-        "{}",
-        serde_json::json!({
+    // One line to compare across commits (printed last): the acknowledged-to-readable
+    // latency at this load.
+    let freshness_line = serde_json::json!({
             "bench": "freshness",
             "rate": args.rate,
             "items_per_s": (t(&tally.items) as f64 / load_secs).round(),
@@ -406,8 +405,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "ack_to_read_p50_ms": fpct(0.5).round(),
             "ack_to_read_p99_ms": fpct(0.99).round(),
             "uploads": fl.len(),
-        })
-    );
+    });
     println!(
         "  processors: {} records consumed, {} transactions committed, {} aborted",
         runtime.status().consumed_records(),
@@ -439,6 +437,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "  check: {} live rollup rows in Postgres, {} in the export through analysts' SQL",
         export_check.postgres_rollups, export_check.exported_rollups
     );
+    println!("{freshness_line}");
     if args.stay_up {
         let token = &tokens[0];
         let today = Utc::now().date_naive();
