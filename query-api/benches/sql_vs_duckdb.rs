@@ -9,7 +9,10 @@
 //! Needs `python3 -c 'import duckdb'` (`pip install duckdb`). Knobs (env): BENCH_SUBJECTS
 //! (60), BENCH_DAYS (64) — about 2,640 samples per subject-day, so 10.1 M rows by default;
 //! BENCH_RUNS (3, best of); BENCH_EXPORT_DIR (a temporary directory; kept if given, and
-//! reused when it already holds an export).
+//! reused when it already holds an export); BENCH_QUERIES (comma-separated names: only
+//! those); BENCH_EXPLAIN=1 (print DataFusion's `EXPLAIN ANALYZE` of each query first).
+//! DataFusion's own options can be set by `DATAFUSION_*` variables, as in the query
+//! API (`DATAFUSION_EXECUTION_BATCH_SIZE=16384`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -438,13 +441,13 @@ fn build_export(root: &Path, subjects: usize, days: i64) -> usize {
     rows
 }
 
-fn run_duckdb(root: &Path, runs: usize, threads: usize) -> Value {
+fn run_duckdb(root: &Path, queries: &[(&str, &str)], runs: usize, threads: usize) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/duckdb_runner.py");
     let request = json!({
         "root": root,
         "runs": runs,
         "threads": threads,
-        "queries": QUERIES.iter().map(|(n, q)| json!({ "name": n, "sql": q })).collect::<Vec<_>>(),
+        "queries": queries.iter().map(|(n, q)| json!({ "name": n, "sql": q })).collect::<Vec<_>>(),
     });
     let mut child = Command::new("python3")
         .arg(&script)
@@ -466,7 +469,25 @@ fn run_duckdb(root: &Path, runs: usize, threads: usize) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("DuckDB runner output: {e}"))
 }
 
+/// The queries to run: all, or those BENCH_QUERIES names.
+fn chosen_queries() -> Vec<(&'static str, &'static str)> {
+    let only = std::env::var("BENCH_QUERIES").unwrap_or_default();
+    let wanted: Vec<&str> = only.split(',').filter(|n| !n.is_empty()).collect();
+    for name in &wanted {
+        assert!(
+            QUERIES.iter().any(|(n, _)| n == name),
+            "BENCH_QUERIES: no query named {name}"
+        );
+    }
+    QUERIES
+        .iter()
+        .filter(|(n, _)| wanted.is_empty() || wanted.contains(n))
+        .copied()
+        .collect()
+}
+
 fn main() {
+    let queries = chosen_queries();
     let subjects = env_usize("BENCH_SUBJECTS", 60);
     let days = env_usize("BENCH_DAYS", 64) as i64;
     let runs = env_usize("BENCH_RUNS", 3).max(1);
@@ -495,8 +516,22 @@ fn main() {
         target_partitions: threads,
     };
     let engine = SqlEngine::new(&root, limits);
+    if std::env::var("BENCH_EXPLAIN").is_ok_and(|v| v == "1") {
+        for (name, sql) in &queries {
+            let plan = runtime
+                .block_on(engine.query(&format!("EXPLAIN ANALYZE {sql}"), Some(1_000)))
+                .unwrap_or_else(|e| panic!("{name}: {} {e}", e.code()));
+            let text = SqlAnswer::from_result(&plan)
+                .map(|a| json!(a.rows))
+                .unwrap_or_else(|e| panic!("{e}"));
+            println!("{name}:");
+            for row in text.as_array().into_iter().flatten() {
+                println!("{}", row[1].as_str().unwrap_or_default());
+            }
+        }
+    }
     let mut datafusion = BTreeMap::new();
-    for (name, sql) in QUERIES {
+    for (name, sql) in &queries {
         let mut best = Duration::MAX;
         let mut answer = None;
         for _ in 0..=runs {
@@ -512,7 +547,7 @@ fn main() {
         let rows = answer.map(|a| json!(a.rows)).unwrap_or_default();
         datafusion.insert(*name, (best, rows));
     }
-    let duck = run_duckdb(&root, runs, threads);
+    let duck = run_duckdb(&root, &queries, runs, threads);
     println!(
         "{:<36} {:>12} {:>12} {:>8}  answers",
         "query", "DataFusion", "DuckDB", "ratio"
@@ -520,7 +555,7 @@ fn main() {
     let mut figures = Vec::new();
     let mut log_sum = 0.0;
     let mut all_agree = true;
-    for (name, _) in QUERIES {
+    for (name, _) in &queries {
         let (df_time, df_rows) = &datafusion[name];
         let d = &duck["queries"][name];
         let duck_ms = d["ms"].as_f64().unwrap_or(f64::NAN);
@@ -545,7 +580,7 @@ fn main() {
         }
         figures.push(json!({ "query": name, "datafusionMs": df_ms, "duckdbMs": duck_ms, "ratio": ratio, "same": agree }));
     }
-    let geomean = (log_sum / QUERIES.len() as f64).exp();
+    let geomean = (log_sum / queries.len() as f64).exp();
     let worst = figures
         .iter()
         .filter_map(|f| f["ratio"].as_f64())

@@ -300,6 +300,26 @@ async fn a_rewritten_or_new_partition_is_read_afresh() {
     assert_eq!(f.rows(new_day).await, vec![json!([1])]);
 }
 
+/// EXPLAIN and EXPLAIN ANALYZE answer with the plan (ANALYZE with what each step read),
+/// not with an internal error from the row limit wrapped around every query.
+#[tokio::test]
+async fn explain_and_explain_analyze_answer_with_the_plan() {
+    let f = Fixture::new(|_| {}).await;
+    let query = "SELECT metric, count(*) FROM samples GROUP BY metric";
+    for (sql, says) in [
+        (format!("EXPLAIN {query}"), "AggregateExec"),
+        (format!("EXPLAIN ANALYZE {query}"), "output_rows="),
+    ] {
+        let rows = f.rows(&sql).await;
+        let text = rows
+            .iter()
+            .filter_map(|r| r[1].as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(text.contains(says), "{sql}: {text}");
+    }
+}
+
 #[tokio::test]
 async fn only_analysts_run_sql() {
     let f = Fixture::new(|_| {}).await;

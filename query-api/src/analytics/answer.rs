@@ -44,7 +44,7 @@ impl SqlAnswer {
             .iter()
             .map(|f| SqlColumn {
                 name: f.name().clone(),
-                data_type: f.data_type().to_string(),
+                data_type: type_name(f.data_type()),
             })
             .collect();
         let mut rows = Vec::with_capacity(result.rows);
@@ -61,6 +61,15 @@ impl SqlAnswer {
 }
 
 /// Keeps the first `max_rows` rows; says how many were kept and whether any were cut.
+/// The column type an answer names: Arrow's, except that the string encodings the engine
+/// uses inside are all `Utf8` to a caller.
+fn type_name(t: &DataType) -> String {
+    match t {
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8.to_string(),
+        other => other.to_string(),
+    }
+}
+
 pub(super) fn cut(batches: Vec<RecordBatch>, max_rows: usize) -> (Vec<RecordBatch>, usize, bool) {
     let mut kept = Vec::with_capacity(batches.len());
     let mut rows = 0;
@@ -217,5 +226,12 @@ mod tests {
         assert_eq!(kept.iter().map(|b| b.num_rows()).sum::<usize>(), 4);
         let (_, rows, truncated) = cut(vec![b.clone(), b], 6);
         assert_eq!((rows, truncated), (6, false));
+    }
+
+    #[test]
+    fn string_encodings_are_named_utf8() {
+        assert_eq!(type_name(&DataType::Utf8View), "Utf8");
+        assert_eq!(type_name(&DataType::LargeUtf8), "Utf8");
+        assert_eq!(type_name(&DataType::Date32), "Date32");
     }
 }
