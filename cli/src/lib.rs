@@ -3,5 +3,6 @@
 pub mod chaos;
 pub mod check;
 pub mod clients;
+pub mod cpu;
 pub mod ops;
 pub mod pipeline;

@@ -3,7 +3,8 @@
 //! drives, and what end-to-end tests start on a private database and prefix.
 //!
 //! It only wires the services' own `build` functions together; it never changes how one
-//! behaves.
+//! behaves. Each part runs on its own Tokio runtime, whose threads carry the part's name,
+//! so that the CPU each part uses shows (`cpu`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ use pulseline_sinks::config::SinkConfig;
 use pulseline_stream_processors::processors::{ProcessorsConfig, registry};
 use pulseline_stream_processors::runtime::{Runtime, RuntimeConfig, RuntimeHandle};
 use uuid::Uuid;
+
+use crate::cpu::PART_THREAD_PREFIX;
 
 /// Where the pipeline runs and how its processors are set up.
 #[derive(Debug, Clone)]
@@ -64,8 +67,8 @@ impl PipelineConfig {
     }
 }
 
-/// A running pipeline. The services run on the current Tokio runtime until the process
-/// ends; the processors stop with `processors.shutdown()`.
+/// A running pipeline. The services run on their own runtimes until the process ends; the
+/// processors stop with `processors.shutdown()`.
 #[derive(Debug)]
 pub struct Pipeline {
     pub gateway_url: String,
@@ -88,48 +91,66 @@ impl Pipeline {
             ..GatewayConfig::default()
         };
         let jwt_secret = gateway_config.jwt_secret.clone();
-        let gateway = Gateway::build(gateway_config)
-            .await
-            .context("starting the gateway")?;
-        let gateway_url = format!("http://{}", gateway.local_addr());
-        tokio::spawn(gateway.run_until(std::future::pending()));
+        let gateway_url = on_own_runtime("gateway", async move {
+            let gateway = Gateway::build(gateway_config)
+                .await
+                .context("starting the gateway")?;
+            let url = format!("http://{}", gateway.local_addr());
+            tokio::spawn(gateway.run_until(std::future::pending()));
+            Ok(url)
+        })
+        .await?;
 
-        let relay = OutboxRelay::build(RelayConfig {
+        let relay_config = RelayConfig {
             database_url: config.database_url.clone(),
             kafka_bootstrap: config.kafka_bootstrap.clone(),
             schema_registry_url: config.schema_registry_url.clone(),
             topic_prefix: config.topic_prefix.clone(),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..RelayConfig::default()
+        };
+        let (relay_metrics, relay_metrics_addr) = on_own_runtime("relay", async move {
+            let relay = OutboxRelay::build(relay_config)
+                .await
+                .context("starting the relay")?;
+            let metrics = (relay.metrics(), relay.metrics_addr());
+            tokio::spawn(relay.run_until(std::future::pending::<()>()));
+            Ok(metrics)
         })
-        .await
-        .context("starting the relay")?;
-        let relay_metrics = relay.metrics();
-        let relay_metrics_addr = relay.metrics_addr();
-        tokio::spawn(relay.run_until(std::future::pending::<()>()));
+        .await?;
 
-        let sink = SinkApplication::build(SinkConfig {
+        let sink_config = SinkConfig {
             database_url: config.database_url.clone(),
             kafka_bootstrap: config.kafka_bootstrap.clone(),
             schema_registry_url: config.schema_registry_url.clone(),
             topic_prefix: config.topic_prefix.clone(),
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..SinkConfig::default()
+        };
+        on_own_runtime("sink", async move {
+            let sink = SinkApplication::build(sink_config)
+                .await
+                .context("starting the sink")?;
+            tokio::spawn(sink.run_until(std::future::pending::<()>()));
+            Ok(())
         })
-        .await
-        .context("starting the sink")?;
-        tokio::spawn(sink.run_until(std::future::pending::<()>()));
+        .await?;
 
-        let query = QueryApi::build(QueryConfig {
+        let query_config = QueryConfig {
             addr: config.query_addr,
             database_url: config.database_url.clone(),
             export_dir: config.export_dir.clone(),
             ..QueryConfig::default()
+        };
+        let query_url = on_own_runtime("query-api", async move {
+            let query = QueryApi::build(query_config)
+                .await
+                .context("starting the query API")?;
+            let url = format!("http://{}", query.local_addr());
+            tokio::spawn(query.run_until(std::future::pending()));
+            Ok(url)
         })
-        .await
-        .context("starting the query API")?;
-        let query_url = format!("http://{}", query.local_addr());
-        tokio::spawn(query.run_until(std::future::pending()));
+        .await?;
 
         let processors = start_processors(&config).await?;
         Ok(Self {
@@ -171,7 +192,29 @@ impl Pipeline {
     }
 }
 
-/// Starts the processors, then waits (up to 90 s) until they own partitions.
+/// Runs `start` (which builds a part and spawns it) on a Tokio runtime of the part's own,
+/// its threads named after it, and returns what `start` returned. The runtime lives as
+/// long as the process, as the parts do.
+async fn on_own_runtime<T: Send + 'static>(
+    part: &str,
+    start: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(format!("{PART_THREAD_PREFIX}{part}"))
+        .enable_all()
+        .build()
+        .with_context(|| format!("starting the {part} runtime"))?;
+    let started = runtime.spawn(start);
+    // Dropping the runtime would stop the part.
+    std::mem::forget(runtime);
+    started
+        .await
+        .with_context(|| format!("starting the {part}"))?
+}
+
+/// Starts the processors (on their own thread, `processor-<instance>`), then waits (up to
+/// 90 s) until they own partitions.
 async fn start_processors(config: &PipelineConfig) -> anyhow::Result<RuntimeHandle> {
     let runtime_config = RuntimeConfig {
         kafka_bootstrap: config.kafka_bootstrap.clone(),

@@ -7,7 +7,8 @@
 //! progress shows every second. Then it waits until every user's read models are fresh,
 //! checks what Postgres holds against what every client believes it stored, checks the
 //! rollups against the brute-force oracle, and prints a summary with the ingest-to-read-model
-//! latency (gateway acknowledgement to the query API reporting the change applied).
+//! latency (gateway acknowledgement to the query API reporting the change applied) and the
+//! CPU each part used.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use chrono::{TimeDelta, Utc};
 use clap::{Args, Parser};
+use pulseline_cli::cpu::CpuSeconds;
 use pulseline_cli::pipeline::{Pipeline, PipelineConfig};
 use pulseline_cli::{check, clients};
 use pulseline_ingest_gateway::outbox::Stream;
@@ -177,6 +179,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     for u in &users {
         tokens.push(pipeline.token(u.lock().await.user_id));
     }
+    let servers = local_servers(&args);
+    let cpu_before = CpuSeconds::now(&servers);
     let began = Instant::now();
     let deadline = began + Duration::from_secs(args.duration);
     let pacer = Arc::new(Pacer {
@@ -343,6 +347,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let fresh_after = fresh_began.elapsed().as_secs_f64();
+    let cpu = CpuSeconds::now(&servers).since(&cpu_before);
 
     let mismatches = clients::stored_sample_mismatches(&pool, &users).await?;
     let (inputs, user_ids) = clients::client_inputs(&users).await?;
@@ -354,10 +359,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("exporting for analysts")?;
     let mut lat = latencies.lock().await.clone();
     lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    };
+    let pct = |p: f64| percentile_ms(&lat, p);
     let t = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!("summary:");
     println!(
@@ -382,12 +384,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         drain_began.elapsed().as_secs_f64(),
         relay_metrics.rows_published(Stream::Samples),
     );
+    println!(
+        "  CPU used from the first upload until every user was fresh: {}",
+        cpu.summary()
+    );
     let mut fl = freshness_latencies.lock().await.clone();
     fl.sort();
-    let fpct = |p: f64| {
-        fl.get(((fl.len() as f64 * p) as usize).min(fl.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    };
+    let fpct = |p: f64| percentile_ms(&fl, p);
     println!(
         "  ingest to read model (acknowledged to applied, via the query API's freshness): p50 {:.0} ms, p99 {:.0} ms over {} uploads; all fresh {fresh_after:.1} s after the load",
         fpct(0.5),
@@ -405,6 +408,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "ack_to_read_p50_ms": fpct(0.5).round(),
             "ack_to_read_p99_ms": fpct(0.99).round(),
             "uploads": fl.len(),
+            "cpu_s": cpu.0.iter().map(|(part, s)| (part.clone(), ((s * 100.0).round() / 100.0).into())).collect::<serde_json::Map<_, _>>(),
     });
     println!(
         "  processors: {} records consumed, {} transactions committed, {} aborted",
@@ -688,4 +692,32 @@ fn print_examples(served: &check::Served, first_user: Option<&uuid::Uuid>) {
             p.tier
         );
     }
+}
+
+/// The `p` quantile (0..=1) of sorted durations, in milliseconds; 0 when there are none.
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// The servers whose CPU the run reports, by the port they listen on (when on this
+/// machine).
+fn local_servers(args: &RunArgs) -> Vec<(&'static str, u16)> {
+    let mut servers = Vec::new();
+    if let Ok(options) = args
+        .database_url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+    {
+        servers.push(("postgres", options.get_port()));
+    }
+    if let Some(port) = args
+        .kafka_bootstrap
+        .split(',')
+        .next()
+        .and_then(|b| b.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+    {
+        servers.push(("broker", port));
+    }
+    servers
 }
