@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, Histogram, HistogramOpts, Registry, TextEncoder};
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
@@ -91,6 +91,31 @@ impl OpsRouter {
         };
         router.with_state(Arc::new(self))
     }
+}
+
+/// Buckets (seconds) of every stage's latency histogram (relay lag, processor and sink
+/// record age), the same for all so that a dashboard can set the stages side by side.
+const STAGE_LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// A stage's latency histogram, registered in `registry`.
+pub fn stage_latency_histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+) -> Result<Histogram, prometheus::Error> {
+    let histogram = Histogram::with_opts(
+        HistogramOpts::new(name, help).buckets(STAGE_LATENCY_BUCKETS.to_vec()),
+    )?;
+    registry.register(Box::new(histogram.clone()))?;
+    Ok(histogram)
+}
+
+/// Seconds from a Kafka record's timestamp to `now_ms` (both Unix milliseconds); 0 when
+/// the clocks of producer and consumer disagree the other way.
+pub fn record_age_seconds(produced_ms: i64, now_ms: i64) -> f64 {
+    now_ms.saturating_sub(produced_ms).max(0) as f64 / 1e3
 }
 
 /// The Prometheus text exposition of every metric in `registry`.

@@ -17,6 +17,7 @@ pub struct SinkTelemetry {
     records_consumed: IntCounter,
     batch_seconds: Histogram,
     batch_records: Histogram,
+    record_age_seconds: Histogram,
     invalid_records: IntCounterVec,
     offset_conflicts: IntCounter,
     batches_discarded: IntCounter,
@@ -57,6 +58,11 @@ impl SinkTelemetry {
                 1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
             ]),
         )?;
+        let record_age_seconds = pulseline_service::ops::stage_latency_histogram(
+            &registry,
+            "record_age_seconds",
+            "Time from a record's Kafka timestamp (the processor produced it) to its batch being applied: the sink stage's latency",
+        )?;
         let invalid_records = IntCounterVec::new(
             Opts::new(
                 "invalid_records_total",
@@ -92,6 +98,7 @@ impl SinkTelemetry {
             records_consumed,
             batch_seconds,
             batch_records,
+            record_age_seconds,
             invalid_records,
             offset_conflicts,
             batches_discarded,
@@ -132,6 +139,8 @@ pub struct BatchApplied {
     pub rows_applied: u64,
     pub stale_skipped: u64,
     pub elapsed: Duration,
+    /// Seconds from each record's Kafka timestamp to the commit.
+    pub record_ages: Vec<f64>,
 }
 
 impl SinkEvent for BatchApplied {
@@ -141,6 +150,9 @@ impl SinkEvent for BatchApplied {
         t.records_consumed.inc_by(self.records as u64);
         t.batch_seconds.observe(self.elapsed.as_secs_f64());
         t.batch_records.observe(self.records as f64);
+        for age in &self.record_ages {
+            t.record_age_seconds.observe(*age);
+        }
         tracing::debug!(
             records = self.records,
             partitions = self.partitions,
@@ -240,6 +252,7 @@ mod tests {
             rows_applied: 3,
             stale_skipped: 2,
             elapsed: Duration::from_millis(4),
+            record_ages: vec![0.02, 0.2, 3.0],
         });
         t.emit(InvalidRecordSeen {
             partition: 0,
@@ -261,6 +274,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("pulseline_sink_batch_apply_duration_seconds_bucket"));
+        assert!(
+            text.contains(r#"pulseline_sink_record_age_seconds_bucket{le="0.25"} 2"#)
+                && text.contains("pulseline_sink_record_age_seconds_count 3"),
+            "{text}"
+        );
         assert_eq!(t.records_consumed(), 5);
     }
 }

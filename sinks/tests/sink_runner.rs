@@ -131,6 +131,12 @@ async fn applies_committed_aborted_and_unusable_records_exactly_as_versions_say(
         telemetry.rows_applied() + telemetry.stale_skipped() + 2,
         telemetry.records_consumed()
     );
+    // Each consumed record's age (its Kafka timestamp to the commit) was observed once.
+    let ages_observed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pulseline_sink_record_age_seconds_count "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert_eq!(ages_observed, Some(telemetry.records_consumed()), "{text}");
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }

@@ -342,6 +342,20 @@ async fn backfill_respects_the_rate_limit_and_reports_lag() {
             .contains("pulseline_processor_input_lag_records{")
     })
     .await;
+    // Every committed input record's age (relay publication to commit) was observed, once.
+    let ages_observed = || {
+        handle
+            .metrics()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("pulseline_processor_record_age_seconds_count "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    wait_for("every record's age observed", CONVERGE, || {
+        ages_observed() == Some(handle.status().consumed_records())
+    })
+    .await;
+    assert!(ages_observed() >= Some(changes.len() as u64));
     handle.shutdown().await.unwrap();
 }
 

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::RelayError;
 use crate::outbox::Stream;
@@ -49,21 +49,16 @@ impl RelayMetrics {
         )?;
         let outbox_depth =
             IntGauge::new("pulseline_relay_outbox_depth", "Rows waiting in the outbox")?;
-        let lag_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "pulseline_relay_lag_seconds",
-                "Time from enqueue to acknowledged publication",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-            ]),
+        let lag_seconds = pulseline_service::ops::stage_latency_histogram(
+            &registry,
+            "pulseline_relay_lag_seconds",
+            "Time from enqueue to acknowledged publication",
         )?;
         registry.register(Box::new(rows_published.clone()))?;
         registry.register(Box::new(batches.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(dead_lettered.clone()))?;
         registry.register(Box::new(outbox_depth.clone()))?;
-        registry.register(Box::new(lag_seconds.clone()))?;
         Ok(Self {
             registry,
             rows_published,

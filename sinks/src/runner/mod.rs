@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use pulseline_schemas::AvroCodec;
 use pulseline_schemas::dead_letter::{DeadLetterHeaders, reason, stage};
 use pulseline_service::Backoff;
+use pulseline_service::ops::record_age_seconds;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
@@ -270,11 +271,14 @@ impl<M: StoredReadModel> SinkRunner<M> {
                 }
                 received = consumer.recv() => match received {
                     Ok(message) => {
-                        let partition = message.partition();
-                        let offset = message.offset();
-                        let payload = message.payload().map(<[u8]>::to_vec);
+                        let record = RawRecord {
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            produced_ms: message.timestamp().to_millis(),
+                            payload: message.payload().map(<[u8]>::to_vec),
+                        };
                         drop(message);
-                        pending.accept(&consumer, partition, offset, payload, &self.telemetry);
+                        pending.accept(&consumer, record, &self.telemetry);
                         if pending.len() >= self.settings.batch_max_records {
                             self.flush(&consumer, &mut pending).await?;
                         }
@@ -358,8 +362,14 @@ impl<M: StoredReadModel> SinkRunner<M> {
                 Err(e) => return Err(e),
             }
         };
+        let applied_ms = chrono::Utc::now().timestamp_millis();
         self.telemetry.emit(BatchApplied {
             records: records.len(),
+            record_ages: records
+                .iter()
+                .filter_map(|r| r.produced_ms)
+                .map(|produced| record_age_seconds(produced, applied_ms))
+                .collect(),
             partitions: batch.spans.len(),
             rows_applied: applied.rows_applied,
             stale_skipped: applied.stale_skipped,

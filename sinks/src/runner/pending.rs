@@ -7,6 +7,9 @@ use super::*;
 pub(super) struct RawRecord {
     pub(super) partition: i32,
     pub(super) offset: i64,
+    /// The record's Kafka timestamp (when the processor produced it), in Unix
+    /// milliseconds, for the record-age histogram.
+    pub(super) produced_ms: Option<i64>,
     pub(super) payload: Option<Vec<u8>>,
 }
 
@@ -32,11 +35,12 @@ impl PendingBatch {
     pub(super) fn accept(
         &mut self,
         consumer: &StreamConsumer<AssignmentContext>,
-        partition: i32,
-        offset: i64,
-        payload: Option<Vec<u8>>,
+        record: RawRecord,
         telemetry: &SinkTelemetry,
     ) {
+        let RawRecord {
+            partition, offset, ..
+        } = record;
         let state = consumer.context().lock();
         if state.epoch != self.epoch {
             // A rebalance happened: the new assignment restarted every partition at its
@@ -68,10 +72,6 @@ impl PendingBatch {
                 next_offset: offset + 1,
             })
             .next_offset = offset + 1;
-        self.records.push(RawRecord {
-            partition,
-            offset,
-            payload,
-        });
+        self.records.push(record);
     }
 }

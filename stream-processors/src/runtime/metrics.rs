@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 /// Collectors in a registry the runtime owns (no global state: several runtimes in one
 /// test process keep their own counts).
@@ -18,6 +20,7 @@ pub struct RuntimeMetrics {
     pub(crate) flush_violations: IntCounterVec,
     pub(crate) transactions: IntCounterVec,
     pub(crate) batch_seconds: HistogramVec,
+    pub(crate) record_age_seconds: Histogram,
     pub(crate) restored_entries: IntCounterVec,
     pub(crate) restore_seconds: HistogramVec,
     pub(crate) input_lag: IntGaugeVec,
@@ -83,6 +86,11 @@ impl RuntimeMetrics {
             &["mode"],
         )?;
         registry.register(Box::new(batch_seconds.clone()))?;
+        let record_age_seconds = pulseline_service::ops::stage_latency_histogram(
+            &registry,
+            "pulseline_processor_record_age_seconds",
+            "Time from an input record's Kafka timestamp (the relay published it) to the commit of the batch that processed it: the processor stage's latency",
+        )?;
         let restore_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "pulseline_processor_restore_seconds",
@@ -110,6 +118,7 @@ impl RuntimeMetrics {
             flush_violations,
             transactions,
             batch_seconds,
+            record_age_seconds,
             restored_entries,
             restore_seconds,
             input_lag,
@@ -148,6 +157,8 @@ pub(crate) struct BatchCommitted {
     pub outputs: usize,
     pub elapsed: Duration,
     pub transactional: bool,
+    /// Seconds from each input record's Kafka timestamp to the commit.
+    pub record_ages: Vec<f64>,
 }
 
 impl BatchCommitted {
@@ -160,6 +171,9 @@ impl BatchCommitted {
         m.batch_seconds
             .with_label_values(&[mode])
             .observe(self.elapsed.as_secs_f64());
+        for age in &self.record_ages {
+            m.record_age_seconds.observe(*age);
+        }
         m.transactions.with_label_values(&["commit"]).inc();
         tracing::debug!(
             records = self.records,

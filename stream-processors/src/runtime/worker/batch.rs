@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::state::ChangelogEntry;
+use pulseline_service::ops::record_age_seconds;
 
 struct DeadLetter {
     reason: String,
@@ -94,11 +95,17 @@ impl Worker {
             write_commit_ms = (started.elapsed() - applied_at).as_millis() as u64,
             "batch phases"
         );
+        let committed_ms = chrono::Utc::now().timestamp_millis();
         BatchCommitted {
             records: batch.len(),
             outputs: rendered.outputs.len(),
             elapsed: started.elapsed(),
             transactional: self.cfg.transactions,
+            record_ages: batch
+                .iter()
+                .filter_map(|m| m.timestamp().to_millis())
+                .map(|produced| record_age_seconds(produced, committed_ms))
+                .collect(),
         }
         .emit(&self.metrics);
         self.status.committed.fetch_add(1, Ordering::SeqCst);
