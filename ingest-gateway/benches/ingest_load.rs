@@ -203,21 +203,11 @@ async fn main() {
     let rate = written as f64 / load_time.as_secs_f64();
     let mut lat = latencies.lock().await.clone();
     lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
+    let pct = |p: f64| percentile(&lat, p);
     lag_samples.sort_by(f64::total_cmp);
-    let lag_p50 = lag_samples
-        .get(lag_samples.len() / 2)
-        .copied()
-        .unwrap_or(0.0);
+    let lag_p50 = percentile(&lag_samples, 0.5);
     let lag_max = lag_samples.last().copied().unwrap_or(0.0);
-    let lag_p99 = lag_samples
-        .get((lag_samples.len() * 99 / 100).min(lag_samples.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(0.0);
+    let lag_p99 = percentile(&lag_samples, 0.99);
 
     let copy_secs = copy_baseline(&pool, written.max(1)).await;
     let copy_rate = written.max(1) as f64 / copy_secs;
@@ -323,4 +313,10 @@ async fn copy_baseline(pool: &PgPool, rows: u64) -> f64 {
     copy.send(data.as_bytes()).await.expect("copy data");
     copy.finish().await.expect("copy finish");
     began.elapsed().as_secs_f64()
+}
+
+/// The `p` quantile (0..=1) of a sorted slice; the default when it is empty.
+fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or_default()
 }

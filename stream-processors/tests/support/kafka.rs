@@ -271,29 +271,13 @@ impl Env {
 
     /// Every rollup row on the read-model topic, in topic order per partition.
     pub async fn rollup_rows(&self) -> Vec<RollupUpsert> {
-        self.rollup_records()
-            .await
-            .into_iter()
-            .filter_map(|r| match r {
-                ReadModelRecord::Row(row) => Some(row),
-                ReadModelRecord::Progress(_) => None,
-            })
-            .collect()
+        rows_of(self.rollup_records().await)
     }
 
     /// The rollups read model as a version-guarded sink holds it (reading uncommitted
     /// records, as the sink does).
     pub async fn rollups(&self) -> BTreeMap<String, RollupUpsert> {
-        let rows: Vec<RollupUpsert> = self
-            .rollup_records_as("read_uncommitted")
-            .await
-            .into_iter()
-            .filter_map(|r| match r {
-                ReadModelRecord::Row(row) => Some(row),
-                ReadModelRecord::Progress(_) => None,
-            })
-            .collect();
-        fold_read_model(&rows)
+        fold_read_model(&rows_of(self.rollup_records_as("read_uncommitted").await))
     }
 
     pub async fn dead_letters(&self) -> Vec<BTreeMap<String, String>> {
@@ -370,4 +354,15 @@ pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> b
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The rows among read-model records (progress markers left out).
+fn rows_of(records: Vec<ReadModelRecord<RollupUpsert>>) -> Vec<RollupUpsert> {
+    records
+        .into_iter()
+        .filter_map(|r| match r {
+            ReadModelRecord::Row(row) => Some(row),
+            ReadModelRecord::Progress(_) => None,
+        })
+        .collect()
 }
