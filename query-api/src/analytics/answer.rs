@@ -60,7 +60,6 @@ impl SqlAnswer {
     }
 }
 
-/// Keeps the first `max_rows` rows; says how many were kept and whether any were cut.
 /// The column type an answer names: Arrow's, except that the string encodings the engine
 /// uses inside are all `Utf8` to a caller.
 fn type_name(t: &DataType) -> String {
@@ -70,6 +69,7 @@ fn type_name(t: &DataType) -> String {
     }
 }
 
+/// Keeps the first `max_rows` rows; says how many were kept and whether any were cut.
 pub(super) fn cut(batches: Vec<RecordBatch>, max_rows: usize) -> (Vec<RecordBatch>, usize, bool) {
     let mut kept = Vec::with_capacity(batches.len());
     let mut rows = 0;
