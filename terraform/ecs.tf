@@ -28,6 +28,7 @@ locals {
     PULSELINE_GATEWAY_ADDR              = "0.0.0.0:8080"
     PULSELINE_RELAY_METRICS_ADDR        = "0.0.0.0:9101"
     PULSELINE_ENV                       = "production"
+    PULSELINE_READ_STORE                = var.read_store
     PULSELINE_SCYLLA_URI                = var.scylla_uri
     PULSELINE_SCYLLA_KEYSPACE           = "pulseline"
     PULSELINE_SCYLLA_REPLICATION_FACTOR = "3"

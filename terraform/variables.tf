@@ -77,6 +77,16 @@ variable "scylla_uri" {
   type        = string
 }
 
+variable "read_store" {
+  description = "Where the sink writes and the query API reads the read models: postgres (the RDS instance) or scylla (scylla_uri). The Parquet export reads them from Postgres."
+  type        = string
+  default     = "postgres"
+  validation {
+    condition     = contains(["postgres", "scylla"], var.read_store)
+    error_message = "read_store must be postgres or scylla."
+  }
+}
+
 variable "gateway_count" {
   type    = number
   default = 2

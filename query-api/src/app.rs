@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use pulseline_service::auth::JwtVerifier;
 use pulseline_service::shutdown_signal;
+use pulseline_sinks::ScyllaSink;
+use pulseline_sinks::scylla::{ReadStoreKind, ScyllaTarget};
 use tokio::net::TcpListener;
 
 use crate::analytics::SqlEngine;
@@ -25,8 +27,8 @@ pub struct Application {
 }
 
 impl Application {
-    /// Validates the config, connects to Postgres, runs the sink's migrations (if
-    /// configured) and binds the address.
+    /// Validates the config, connects to Postgres (and Scylla when it is the read store),
+    /// runs the sink's migrations (if configured) and binds the address.
     pub async fn build(config: Config) -> Result<Self, QueryError> {
         config.validate()?;
         let verifier = JwtVerifier::new(&config.jwt_secret, config.jwt_jwks_file.as_deref())
@@ -43,6 +45,10 @@ impl Application {
                 .await
                 .map_err(|e| QueryError::Startup(format!("read-model migrations: {e}")))?;
         }
+        let store = match config.store.read_store {
+            ReadStoreKind::Postgres => store,
+            ReadStoreKind::Scylla => store.with_scylla(open_scylla(&config).await?, config.migrate),
+        };
         let telemetry =
             Telemetry::new().map_err(|e| QueryError::Startup(format!("metrics registry: {e}")))?;
         let listener = TcpListener::bind(config.addr)
@@ -95,4 +101,21 @@ impl Application {
             .await
             .map_err(|e| QueryError::Startup(format!("serving: {e}")))
     }
+}
+
+/// Connects to the Scylla store (and, with `migrate`, runs its base migration; each read
+/// model's table is made sure of on its first read).
+async fn open_scylla(config: &Config) -> Result<Arc<ScyllaSink>, QueryError> {
+    let target = ScyllaTarget::parse(&config.store.url(&config.database_url))
+        .map_err(|e| QueryError::Config(e.to_string()))?;
+    let scylla = ScyllaSink::connect(target)
+        .await
+        .map_err(|e| QueryError::Startup(e.to_string()))?;
+    if config.migrate {
+        scylla
+            .migrate()
+            .await
+            .map_err(|e| QueryError::Startup(format!("scylla migrations: {e}")))?;
+    }
+    Ok(Arc::new(scylla))
 }

@@ -41,7 +41,8 @@ pub struct Config {
     #[arg(long, env = env::DATABASE_URL, default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
-    /// Where the read models are (`PULSELINE_READ_STORE`): only `postgres` is served yet.
+    /// Where the read models are (`PULSELINE_READ_STORE`): Postgres (the database above)
+    /// or Scylla (`PULSELINE_SCYLLA_*`; the gateway's sequences stay in Postgres).
     #[command(flatten)]
     pub store: pulseline_sinks::scylla::ReadStoreSettings,
 
@@ -128,12 +129,6 @@ impl Config {
     pub fn validate(&self) -> Result<(), QueryError> {
         let bad = |msg: &str| Err(QueryError::Config(msg.to_owned()));
         check_jwt_secret(self.environment, &self.jwt_secret).or_else(bad)?;
-        if self.store.read_store != pulseline_sinks::scylla::ReadStoreKind::Postgres {
-            return bad(
-                "PULSELINE_READ_STORE=scylla: the query API reads only from Postgres so far \
-                 (the sink can write to Scylla); use postgres",
-            );
-        }
         if self.max_days_day == 0 || self.max_days_hour == 0 {
             return bad("the longest ranges must be at least one day");
         }
@@ -191,6 +186,7 @@ impl fmt::Debug for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pulseline_sinks::scylla::ReadStoreKind;
 
     #[test]
     fn defaults_parse_and_validate() {
@@ -226,14 +222,22 @@ mod tests {
     }
 
     #[test]
-    fn reading_from_scylla_is_refused_clearly_until_it_is_built() {
-        let c = Config::parse_from(["pulseline-query-api", "--read-store", "scylla"]);
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("PULSELINE_READ_STORE=scylla"), "{e}");
-        assert!(
-            Config::parse_from(["pulseline-query-api"])
-                .validate()
-                .is_ok()
+    fn the_read_store_is_postgres_unless_scylla_is_chosen() {
+        let c = Config::parse_from(["pulseline-query-api"]);
+        assert_eq!(c.store.read_store, ReadStoreKind::Postgres);
+        c.validate().unwrap();
+        let c = Config::parse_from([
+            "pulseline-query-api",
+            "--read-store",
+            "scylla",
+            "--scylla-uri",
+            "scylla-1:9042,scylla-2:9042",
+        ]);
+        c.validate().unwrap();
+        assert_eq!(c.store.read_store, ReadStoreKind::Scylla);
+        assert_eq!(
+            c.store.url(&c.database_url),
+            "scylla://scylla-1:9042,scylla-2:9042/pulseline?replication_factor=3"
         );
     }
 }

@@ -189,6 +189,22 @@ impl From<sqlx::Error> for QueryError {
     }
 }
 
+/// A failed Scylla read: retryable ones (a timeout, an unreachable node) are 503 like a
+/// Postgres outage; anything else (a statement Scylla refuses, a row of an unexpected
+/// shape) is a bug, 500.
+impl From<pulseline_sinks::SinkError> for QueryError {
+    fn from(e: pulseline_sinks::SinkError) -> Self {
+        if e.is_retryable() {
+            QueryError::Unavailable {
+                reason: e.to_string(),
+                details: None,
+            }
+        } else {
+            QueryError::Internal(format!("read store: {e}"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

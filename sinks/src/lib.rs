@@ -57,16 +57,12 @@ impl Store {
         }
     }
 
-    /// The store as a writer of read model `M`; refuses a read model the engine cannot
-    /// keep (Scylla: one joining several streams).
-    pub fn sink_for<M: CqlReadModel>(&self) -> Result<Arc<dyn SinkFor<M>>, SinkError> {
-        Ok(match self {
+    /// The store as a writer of read model `M`.
+    pub fn sink_for<M: CqlReadModel>(&self) -> Arc<dyn SinkFor<M>> {
+        match self {
             Store::Postgres(pg) => pg.clone(),
-            Store::Scylla(s) => {
-                scylla::check_read_model::<M>()?;
-                s.clone()
-            }
-        })
+            Store::Scylla(s) => s.clone(),
+        }
     }
 }
 
@@ -92,40 +88,10 @@ pub fn read_model_runners(
     store: &Store,
     make: &runner::RunnerFactory,
 ) -> Result<Vec<Arc<dyn ReadModelRunner>>, SinkError> {
-    let mut runners = Runners::new(store, make);
-    runners.add::<RollupUpsert>()?;
-    runners.add::<SleepNightUpsert>()?;
-    runners.add::<SessionImpactUpsert>()?;
-    runners.add::<ProductImpactUpsert>()?;
-    Ok(runners.list)
-}
-
-/// The runners of the read models a store can keep. A read model the store refuses (the
-/// Scylla store and read models of two streams) is left out with a warning, so the
-/// others still run; its freshness then stays stale, which the query API shows.
-struct Runners<'a> {
-    store: &'a Store,
-    make: &'a runner::RunnerFactory,
-    list: Vec<Arc<dyn ReadModelRunner>>,
-}
-
-impl<'a> Runners<'a> {
-    fn new(store: &'a Store, make: &'a runner::RunnerFactory) -> Self {
-        Self {
-            store,
-            make,
-            list: Vec::new(),
-        }
-    }
-
-    fn add<M: CqlReadModel>(&mut self) -> Result<(), SinkError> {
-        if let Store::Scylla(_) = self.store
-            && let Err(why) = scylla::check_read_model::<M>()
-        {
-            tracing::warn!(read_model = M::NAME, reason = %why, "read model not stored");
-            return Ok(());
-        }
-        self.list.push(self.make.runner::<M>(self.store)?);
-        Ok(())
-    }
+    Ok(vec![
+        make.runner::<RollupUpsert>(store)?,
+        make.runner::<SleepNightUpsert>(store)?,
+        make.runner::<SessionImpactUpsert>(store)?,
+        make.runner::<ProductImpactUpsert>(store)?,
+    ])
 }

@@ -11,12 +11,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use pulseline_schemas::records::{Period, RollupUpsert};
-use pulseline_sinks::SinkApplication;
+use pulseline_sinks::{ScyllaSink, SinkApplication};
+use pulseline_testkit::cql_emulator::CqlEmulator;
 use pulseline_testkit::private_pg::PrivatePostgres;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use support::{Harness, RollupProducer, expected_progress, expected_rows, partition_of, upsert};
+use support::{
+    Harness, Key, Observed, RollupProducer, expected_progress, expected_rows, partition_of, upsert,
+};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -302,7 +305,7 @@ async fn a_sink_dropped_inside_a_transaction_applies_nothing_twice() {
     }
 }
 
-fn start_sink_process(h: &Harness, log: &std::path::Path) -> Child {
+fn start_sink_process(h: &Harness, store: &[(&str, String)], log: &std::path::Path) -> Child {
     let c = h.config(20);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -321,6 +324,7 @@ fn start_sink_process(h: &Harness, log: &std::path::Path) -> Child {
         // it the new member waits for the broker to evict the killed one after the session
         // timeout; noida-db never evicts it, so the test failed there with "no progress".
         .env("PULSELINE_SINK_GROUP_INSTANCE_ID", "sink-0")
+        .envs(store.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "info")
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
@@ -333,17 +337,121 @@ fn position(offsets: &BTreeMap<i32, i64>) -> i64 {
     offsets.values().sum()
 }
 
+/// What a read store holds of the rollups, as the kill tests compare it.
+trait StoredState {
+    async fn offsets(&self) -> BTreeMap<i32, i64>;
+    async fn rows(&self) -> BTreeMap<Key, Observed>;
+    async fn progress(&self) -> BTreeMap<String, i64>;
+}
+
+impl StoredState for Harness {
+    async fn offsets(&self) -> BTreeMap<i32, i64> {
+        self.stored_offsets().await
+    }
+
+    async fn rows(&self) -> BTreeMap<Key, Observed> {
+        Harness::rows(self).await
+    }
+
+    async fn progress(&self) -> BTreeMap<String, i64> {
+        Harness::progress(self).await
+    }
+}
+
+/// The Scylla store's side of a kill test: its keyspace, read as `Harness` reads Postgres.
+struct ScyllaState {
+    store: ScyllaSink,
+    consumer: String,
+    topic: String,
+    /// Every user the test produced for (the store is read partition by partition).
+    users: std::sync::Mutex<Vec<Uuid>>,
+}
+
+impl StoredState for ScyllaState {
+    async fn offsets(&self) -> BTreeMap<i32, i64> {
+        let cql = format!(
+            "SELECT partition, next_offset FROM {}.sink_offset WHERE consumer = ? AND topic = ?",
+            self.store.keyspace()
+        );
+        let rows: Vec<(i32, i64)> = self
+            .store
+            .select(&cql, (self.consumer.as_str(), self.topic.as_str()))
+            .await
+            .expect("offsets");
+        rows.into_iter().collect()
+    }
+
+    async fn rows(&self) -> BTreeMap<Key, Observed> {
+        type Row = (
+            String,
+            String,
+            chrono::DateTime<chrono::Utc>,
+            i64,
+            Option<bool>,
+            Option<f64>,
+            Option<i64>,
+            Option<Vec<String>>,
+        );
+        let cql = format!(
+            "SELECT metric, period, bucket_start, version, deleted, value, count, sources \
+             FROM {}.rollup WHERE user_id = ?",
+            self.store.keyspace()
+        );
+        let users = self.users.lock().unwrap().clone();
+        let mut out = BTreeMap::new();
+        for user in users {
+            let rows: Vec<Row> = self.store.select(&cql, (user,)).await.expect("rows");
+            for (metric, period, start, version, deleted, value, count, sources) in rows {
+                let format = if period == "DAY" {
+                    "%Y-%m-%d"
+                } else {
+                    "%Y-%m-%dT%H:%M:%S"
+                };
+                let bucket = start.naive_utc().format(format).to_string();
+                let deleted = deleted.unwrap_or_default();
+                let observed = Observed {
+                    version,
+                    deleted,
+                    // The emulator keeps a cell's old value when a null is written over it
+                    // (Scylla writes a tombstone); nothing reads a deleted row's value.
+                    value: value.filter(|_| !deleted),
+                    count: count.unwrap_or_default(),
+                    sources: sources.unwrap_or_default(),
+                };
+                out.insert((user.to_string(), metric, period, bucket), observed);
+            }
+        }
+        out
+    }
+
+    async fn progress(&self) -> BTreeMap<String, i64> {
+        let users = self.users.lock().unwrap().clone();
+        let mut out = BTreeMap::new();
+        for user in users {
+            let applied = self
+                .store
+                .applied_seqs("rollups", user)
+                .await
+                .expect("progress");
+            if applied.samples > 0 {
+                out.insert(user.to_string(), applied.samples);
+            }
+        }
+        out
+    }
+}
+
 /// Waits until the stored offsets differ from `before` (a batch was committed) or reach
 /// `expected`.
 async fn wait_for_a_commit(
-    h: &Harness,
+    stored: &impl StoredState,
     before: &BTreeMap<i32, i64>,
     expected: &BTreeMap<i32, i64>,
     log: &std::path::Path,
 ) {
     let deadline = std::time::Instant::now() + WITHIN;
     loop {
-        let now = h.stored_offsets().await;
+        let now = stored.offsets().await;
         if &now != before || &now == expected {
             return;
         }
@@ -358,12 +466,57 @@ async fn wait_for_a_commit(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_killed_with_sigkill_mid_stream_recovers_from_its_stored_offsets() {
+    let h = Harness::with_topics("sink-kill").await;
+    killed_with_sigkill_mid_stream(&h, &h, &[], None, |rng, users| workload(rng, users, 10)).await;
+}
+
+/// The same on the Scylla store (the CQL emulator): offsets and progress in the keyspace,
+/// rows written before progress, offsets last, so a kill anywhere replays, never skips.
+/// The emulator keeps no write timestamps (the last write wins), so each key's versions
+/// are produced in order, as the processor emits them; duplicates and replays remain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulator_scylla_store_killed_with_sigkill_mid_stream_recovers_from_its_stored_offsets() {
+    let emulator = CqlEmulator::start().await.expect("emulator starts");
+    let h = Harness::with_topics("sink-kill-scylla").await;
+    let keyspace = format!("t_{}", Uuid::new_v4().simple());
+    let store = ScyllaSink::open(&emulator.url(&keyspace))
+        .await
+        .expect("the keyspace migrates");
+    let scylla = ScyllaState {
+        store,
+        consumer: h.group(),
+        topic: h.topic(),
+        users: Default::default(),
+    };
+    let env = [
+        ("PULSELINE_READ_STORE", "scylla".to_owned()),
+        ("PULSELINE_SCYLLA_URI", emulator.addr().to_string()),
+        ("PULSELINE_SCYLLA_KEYSPACE", keyspace.clone()),
+        ("PULSELINE_SCYLLA_REPLICATION_FACTOR", "1".to_owned()),
+    ];
+    killed_with_sigkill_mid_stream(&h, &scylla, &env, Some(&scylla.users), |rng, users| {
+        let mut records = workload(rng, users, 10);
+        records.sort_by_key(|r| r.version); // stable: duplicates stay, keys interleave
+        records
+    })
+    .await;
+}
+
+/// Kills the sink binary (SIGKILL) three times while it has work pending, restarts it,
+/// and checks that the store ends with exactly the newest version of every key and each
+/// user's highest applied sequence.
+async fn killed_with_sigkill_mid_stream(
+    h: &Harness,
+    stored: &impl StoredState,
+    store_env: &[(&str, String)],
+    users_seen: Option<&std::sync::Mutex<Vec<Uuid>>>,
+    make_workload: impl Fn(&mut StdRng, &[Uuid]) -> Vec<RollupUpsert>,
+) {
     const KILLS: usize = 3;
     const ATTEMPTS: usize = 12;
     let seed = pulseline_testkit::test_seed("sink_binary_killed_with_sigkill", 4);
     let mut rng = StdRng::seed_from_u64(seed);
-    let h = Harness::with_topics("sink-kill").await;
-    let mut producer = RollupProducer::new(&h).await;
+    let mut producer = RollupProducer::new(h).await;
     let mut records = Vec::new();
     let log = std::env::temp_dir().join(format!("{}sink.log", h.prefix));
 
@@ -378,24 +531,27 @@ async fn the_binary_killed_with_sigkill_mid_stream_recovers_from_its_stored_offs
             attempts <= ATTEMPTS,
             "only {kills} of {ATTEMPTS} kills caught the sink with work pending"
         );
-        if h.stored_offsets().await == producer.expected_offsets() {
+        if stored.offsets().await == producer.expected_offsets() {
             let users: Vec<Uuid> = (0..16).map(|_| Uuid::new_v4()).collect();
-            let more = workload(&mut rng, &users, 10);
+            if let Some(seen) = users_seen {
+                seen.lock().unwrap().extend(&users);
+            }
+            let more = make_workload(&mut rng, &users);
             produce_committed(&mut producer, &more, 80).await;
             records.extend(more);
         }
         let expected = producer.expected_offsets();
-        let mut child = start_sink_process(&h, &log);
-        let before = h.stored_offsets().await;
-        wait_for_a_commit(&h, &before, &expected, &log).await;
+        let mut child = start_sink_process(h, store_env, &log);
+        let before = stored.offsets().await;
+        wait_for_a_commit(stored, &before, &expected, &log).await;
         let delay = rng.random_range(0..max_delay_ms);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         // The process is gone: what is stored now is what it had committed when killed.
-        let at_kill = h.stored_offsets().await;
+        let at_kill = stored.offsets().await;
         let (started, done, total) = (position(&before), position(&at_kill), position(&expected));
-        let rows = h.rows().await.len();
+        let rows = stored.rows().await.len();
         if at_kill == expected {
             max_delay_ms = (max_delay_ms / 2).max(1);
             eprintln!(
@@ -417,15 +573,41 @@ async fn the_binary_killed_with_sigkill_mid_stream_recovers_from_its_stored_offs
             expected_rows(&records).len()
         );
     }
-    let mut child = start_sink_process(&h, &log);
-    h.wait_for_offsets(&producer.expected_offsets(), WITHIN)
-        .await;
+    let mut child = start_sink_process(h, store_env, &log);
+    let deadline = std::time::Instant::now() + WITHIN;
+    while stored.offsets().await != producer.expected_offsets() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted sink did not catch up; see {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     child.kill().unwrap();
     child.wait().unwrap();
 
-    assert_eq!(h.rows().await, expected_rows(&records));
-    assert_eq!(h.progress().await, expected_progress(&records));
+    let differing = differences(&stored.rows().await, &expected_rows(&records));
+    assert!(differing.is_empty(), "rows differ: {differing:#?}");
+    assert_eq!(stored.progress().await, expected_progress(&records));
     let _ = std::fs::remove_file(&log);
+}
+
+/// The keys whose stored row is not the expected one: (key, stored, expected).
+fn differences<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+    stored: &BTreeMap<K, V>,
+    expected: &BTreeMap<K, V>,
+) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&K> = stored.keys().chain(expected.keys()).collect();
+    keys.into_iter()
+        .filter(|k| stored.get(k) != expected.get(k))
+        .map(|k| {
+            format!(
+                "{k:?}: stored {:?}, expected {:?}",
+                stored.get(k),
+                expected.get(k)
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,10 +2,11 @@
 //! single-node `kassandra` engine behind a small tokio listener on a free port.
 //!
 //! It is an emulator of the wire protocol, not of Scylla: it keeps no write timestamps
-//! (the last write to arrive wins whatever `USING TIMESTAMP` says), ignores `IF`
-//! conditions, reads a clustering-key equality as `>=`, and reports no partitioner. So it
-//! proves the wiring (connect, migrations, prepared statements, batches, selects by
-//! partition key, paging), never the semantics; those tests need `SCYLLA_URI`.
+//! (the last write to arrive wins whatever `USING TIMESTAMP` says), keeps a cell's value
+//! when a null is written over it (Scylla writes a tombstone), ignores `IF` conditions, reads a clustering-key equality as `>=`, ignores range restrictions
+//! (`c >= ?` ...; see `cut_ranges`), and reports no partitioner. So it proves the wiring
+//! (connect, migrations, prepared statements, batches, selects by partition key, paging),
+//! never the semantics; those tests need `SCYLLA_URI`.
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -14,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use futures::{SinkExt, StreamExt};
 use kassandra::KassandraSession;
 use kassandra::cql::query::QueryString;
-use kassandra::frame::request::Request;
+use kassandra::frame::request::{Request, RequestOpcode};
 use kassandra::frame::response::Response;
+use kassandra::frame::response::result::QueryResult;
 use kassandra::frame::{request_stream, response_sink};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -66,8 +68,12 @@ async fn serve(stream: TcpStream, session: Shared) {
     let mut requests = pin!(request_stream(reader));
     let mut responses = pin!(response_sink(writer));
     while let Some(Ok((frame, opcode, body))) = requests.next().await {
+        let (body, cut) = match opcode {
+            RequestOpcode::Prepare => cut_ranges(&body),
+            _ => (body.to_vec(), Vec::new()),
+        };
         let response = match Request::deserialize(opcode, &body, frame.flags) {
-            Ok(request) => answer(&session, request),
+            Ok(request) => with_cut_markers(answer(&session, request), &cut),
             Err(e) => Response::Error(e),
         };
         if responses.send((response, frame.stream)).await.is_err() {
@@ -96,6 +102,76 @@ fn answer(session: &Shared, request: Request<'_>) -> Response {
         Ok(result) => Response::Result(result),
         Err(e) => Response::Error(e),
     }
+}
+
+/// The engine's grammar knows only `column = value` restrictions and drops whatever
+/// follows one it cannot read. So the range restrictions of a statement to prepare
+/// (`AND c >= ?`, `>`, `<=`, `<`) are cut from its text (a PREPARE body is one long
+/// string), and `with_cut_markers` adds their bind markers back to the answer, so the
+/// driver binds every value; the engine ignores those values. A reader that filters the
+/// rows it gets (as the query API does) then answers as on a real cluster.
+fn cut_ranges(body: &[u8]) -> (Vec<u8>, Vec<String>) {
+    let unchanged = || (body.to_vec(), Vec::new());
+    let Some((len, text)) = body.split_first_chunk::<4>() else {
+        return unchanged();
+    };
+    let Ok(text) = std::str::from_utf8(text) else {
+        return unchanged();
+    };
+    if usize::try_from(i32::from_be_bytes(*len)).ok() != Some(text.len()) {
+        return unchanged();
+    }
+    let tokens: Vec<&str> = text.split_whitespace().collect();
+    let (mut kept, mut cut) = (Vec::new(), Vec::new());
+    let mut i = 0;
+    while i < tokens.len() {
+        if let [and, column, op, "?", ..] = tokens[i..]
+            && and.eq_ignore_ascii_case("AND")
+            && matches!(op, ">=" | ">" | "<=" | "<")
+        {
+            cut.push(column.to_owned());
+            i += 4;
+        } else {
+            kept.push(tokens[i]);
+            i += 1;
+        }
+    }
+    if cut.is_empty() {
+        return unchanged();
+    }
+    let text = kept.join(" ");
+    let len = i32::try_from(text.len()).unwrap_or(i32::MAX);
+    let mut out = len.to_be_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    (out, cut)
+}
+
+/// A prepared answer with a bind marker for each cut restriction, typed as its column
+/// (which the statement must also select).
+fn with_cut_markers(response: Response, cut: &[String]) -> Response {
+    let Response::Result(QueryResult::Prepared(mut prepared)) = response else {
+        return response;
+    };
+    for column in cut {
+        let Some(mut spec) = prepared
+            .result_metadata
+            .col_specs
+            .iter()
+            .find(|s| &s.name == column)
+            .cloned()
+        else {
+            return Response::Error(kassandra::frame::response::error::Error::new(
+                kassandra::error::DbError::Invalid,
+                "the emulator needs a range-restricted column selected too",
+            ));
+        };
+        // Each spec names its table unless the metadata has one for all.
+        if spec.table_spec.is_none() {
+            spec.table_spec = prepared.result_metadata.global_spec.clone();
+        }
+        prepared.prepared_metadata.col_specs.push(spec);
+    }
+    Response::Result(QueryResult::Prepared(prepared))
 }
 
 /// The driver prepares `SELECT ... FROM system.local WHERE key = 'local'` to learn the

@@ -5,11 +5,12 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use futures::future::BoxFuture;
 use pulseline_schemas::records::{ProductImpactUpsert, SessionImpactUpsert};
 use pulseline_service::auth::AuthUser;
 use pulseline_service::http::ErrorEnvelope;
+use pulseline_sinks::{ScyllaSink, SinkError};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -125,7 +126,7 @@ impl ReadQuery for SessionImpactsQuery {
                    AND ($4::text IS NULL OR event_type = $4) \
                    AND ($5::text IS NULL OR product_id = $5) \
                    AND ($6::text IS NULL OR metric = $6) \
-                 ORDER BY start_at, event_id, metric",
+                 ORDER BY start_at, event_id COLLATE \"C\", metric COLLATE \"C\"",
             )
             .bind(user)
             .bind(self.from)
@@ -154,6 +155,86 @@ impl ReadQuery for SessionImpactsQuery {
                 .collect())
         })
     }
+
+    fn fetch_cql<'a>(
+        &'a self,
+        store: &'a ScyllaSink,
+        user: Uuid,
+    ) -> BoxFuture<'a, Result<Vec<SessionImpact>, SinkError>> {
+        Box::pin(async move {
+            // The partition is the user's sessions (keyed by event and metric): read whole,
+            // filtered and ordered here as the Postgres query does.
+            let cql = format!(
+                "SELECT event_id, event_type, product_id, start_at, end_at, metric, \
+                        baseline_avg, after_avg, delta_percent, baseline_count, after_count, \
+                        reliable, local_date, deleted \
+                 FROM {}.session_impact WHERE user_id = ?",
+                store.keyspace()
+            );
+            let rows: Vec<CqlSession> = store.select(&cql, (user,)).await?;
+            let mut rows: Vec<(DateTime<Utc>, CqlSession)> = rows
+                .into_iter()
+                .filter(|r| {
+                    r.deleted != Some(true)
+                        && r.local_date
+                            .is_some_and(|d| (self.from..=self.to).contains(&d))
+                        && self
+                            .event_type
+                            .is_none_or(|t| r.event_type.as_deref() == Some(t))
+                        && self
+                            .product_id
+                            .as_deref()
+                            .is_none_or(|p| r.product_id.as_deref() == Some(p))
+                        && self.metric.is_none_or(|m| r.metric == m)
+                })
+                .filter_map(|r| Some((micros(r.start_at?)?, r)))
+                .collect();
+            rows.sort_by(|(a_at, a), (b_at, b)| {
+                (a_at, &a.event_id, &a.metric).cmp(&(b_at, &b.event_id, &b.metric))
+            });
+            Ok(rows
+                .into_iter()
+                .map(|(start_at, r)| SessionImpact {
+                    event_id: r.event_id,
+                    event_type: r.event_type.unwrap_or_default(),
+                    product_id: r.product_id,
+                    start_at: instant(start_at),
+                    end_at: r.end_at.and_then(micros).map(instant),
+                    metric: r.metric,
+                    baseline_avg: r.baseline_avg,
+                    after_avg: r.after_avg,
+                    delta_percent: r.delta_percent,
+                    baseline_count: r.baseline_count.unwrap_or_default(),
+                    after_count: r.after_count.unwrap_or_default(),
+                    reliable: r.reliable.unwrap_or_default(),
+                })
+                .collect())
+        })
+    }
+}
+
+fn micros(t: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(t)
+}
+
+/// A `session_impact` row as Scylla answers it (instants in microseconds; values null
+/// in a deleted session, which keeps only its version).
+#[derive(scylla::DeserializeRow)]
+struct CqlSession {
+    event_id: String,
+    event_type: Option<String>,
+    product_id: Option<String>,
+    start_at: Option<i64>,
+    end_at: Option<i64>,
+    metric: String,
+    baseline_avg: Option<f64>,
+    after_avg: Option<f64>,
+    delta_percent: Option<f64>,
+    baseline_count: Option<i64>,
+    after_count: Option<i64>,
+    reliable: Option<bool>,
+    local_date: Option<NaiveDate>,
+    deleted: Option<bool>,
 }
 
 type ProductRow = (
@@ -184,7 +265,8 @@ impl ReadQuery for ProductImpactsQuery {
                  FROM product_impact \
                  WHERE user_id = $1 AND period_days = $2 AND NOT deleted \
                    AND ($3::text IS NULL OR metric = $3) \
-                 ORDER BY event_type, product_key, metric",
+                 ORDER BY event_type COLLATE \"C\", product_key COLLATE \"C\", \
+                          metric COLLATE \"C\"",
             )
             .bind(user)
             .bind(self.period_days)
@@ -207,4 +289,68 @@ impl ReadQuery for ProductImpactsQuery {
                 .collect())
         })
     }
+
+    fn fetch_cql<'a>(
+        &'a self,
+        store: &'a ScyllaSink,
+        user: Uuid,
+    ) -> BoxFuture<'a, Result<Vec<ProductImpact>, SinkError>> {
+        Box::pin(async move {
+            // Clustered by event type, product key, metric and period: the user's
+            // partition in the Postgres query's order; the period is filtered here.
+            let cql = format!(
+                "SELECT event_type, product_key, metric, period_days, product_id, n, \
+                        avg_delta_percent, std_dev, tier, as_of, deleted \
+                 FROM {}.product_impact WHERE user_id = ?",
+                store.keyspace()
+            );
+            let rows: Vec<CqlProduct> = store.select(&cql, (user,)).await?;
+            let mut rows: Vec<(DateTime<Utc>, CqlProduct)> = rows
+                .into_iter()
+                .filter(|r| {
+                    r.deleted != Some(true)
+                        && r.period_days == self.period_days
+                        && self.metric.is_none_or(|m| r.metric == m)
+                })
+                .filter_map(|r| Some((micros(r.as_of?)?, r)))
+                .collect();
+            rows.sort_by(|(_, a), (_, b)| {
+                (&a.event_type, &a.product_key, &a.metric).cmp(&(
+                    &b.event_type,
+                    &b.product_key,
+                    &b.metric,
+                ))
+            });
+            Ok(rows
+                .into_iter()
+                .map(|(as_of, r)| ProductImpact {
+                    product_id: r.product_id,
+                    event_type: r.event_type,
+                    metric: r.metric,
+                    period_days: r.period_days,
+                    n: r.n.unwrap_or_default(),
+                    avg_delta_percent: r.avg_delta_percent,
+                    std_dev: r.std_dev,
+                    tier: r.tier.unwrap_or_default(),
+                    as_of: instant(as_of),
+                })
+                .collect())
+        })
+    }
+}
+
+/// A `product_impact` row as Scylla answers it.
+#[derive(scylla::DeserializeRow)]
+struct CqlProduct {
+    event_type: String,
+    product_key: String,
+    metric: String,
+    period_days: i32,
+    product_id: Option<String>,
+    n: Option<i64>,
+    avg_delta_percent: Option<f64>,
+    std_dev: Option<f64>,
+    tier: Option<String>,
+    as_of: Option<i64>,
+    deleted: Option<bool>,
 }

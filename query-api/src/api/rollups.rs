@@ -7,9 +7,10 @@ use axum::extract::{Query, State};
 use pulseline_service::auth::AuthUser;
 use pulseline_service::http::ErrorEnvelope;
 
-use chrono::NaiveDateTime;
+use chrono::{DateTime, NaiveDateTime, Utc};
 use futures::future::BoxFuture;
 use pulseline_schemas::records::RollupUpsert;
+use pulseline_sinks::{ScyllaSink, SinkError};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -107,4 +108,62 @@ impl ReadQuery for RollupsQuery {
                 .collect())
         })
     }
+
+    fn fetch_cql<'a>(
+        &'a self,
+        store: &'a ScyllaSink,
+        user: Uuid,
+    ) -> BoxFuture<'a, Result<Vec<RollupPoint>, SinkError>> {
+        Box::pin(async move {
+            let (start, end) = self.bucket_range();
+            let cql = format!(
+                "SELECT metric, period, bucket_start, value, min, max, count, sources, deleted \
+                 FROM {}.rollup WHERE user_id = ? AND metric = ? AND period = ? \
+                   AND bucket_start >= ? AND bucket_start < ?",
+                store.keyspace()
+            );
+            let (metric, period) = (self.metric.code(), self.period.stored());
+            let rows: Vec<CqlRollup> = store
+                .select(&cql, (user, metric, period, start.and_utc(), end.and_utc()))
+                .await?;
+            let mut rows: Vec<CqlRollup> = rows
+                .into_iter()
+                .filter(|r| {
+                    let at = r.bucket_start.naive_utc();
+                    r.metric == metric
+                        && r.period == period
+                        && (start..end).contains(&at)
+                        && r.deleted != Some(true)
+                })
+                .collect();
+            rows.sort_by_key(|r| r.bucket_start);
+            Ok(rows
+                .into_iter()
+                .map(|r| RollupPoint {
+                    local_start: self.period.format_start(r.bucket_start.naive_utc()),
+                    value: r.value,
+                    min: r.min,
+                    max: r.max,
+                    count: r.count.unwrap_or_default(),
+                    sources: r.sources.unwrap_or_default(),
+                })
+                .collect())
+        })
+    }
+}
+
+/// A `rollup` row as Scylla answers it. The restriction is checked again on these
+/// (cheap; and the CQL emulator the tests use reads clustering restrictions as lower
+/// bounds). An empty list is null in CQL; a deleted bucket keeps only its version.
+#[derive(scylla::DeserializeRow)]
+struct CqlRollup {
+    metric: String,
+    period: String,
+    bucket_start: DateTime<Utc>,
+    value: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    count: Option<i64>,
+    sources: Option<Vec<String>>,
+    deleted: Option<bool>,
 }

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use pulseline_schemas::records::SleepNightUpsert;
 use pulseline_service::auth::AuthUser;
 use pulseline_service::http::ErrorEnvelope;
+use pulseline_sinks::{ScyllaSink, SinkError};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -123,4 +124,72 @@ impl ReadQuery for SleepQuery {
                 .collect())
         })
     }
+
+    fn fetch_cql<'a>(
+        &'a self,
+        store: &'a ScyllaSink,
+        user: Uuid,
+    ) -> BoxFuture<'a, Result<Vec<SleepNight>, SinkError>> {
+        Box::pin(async move {
+            let cql = format!(
+                "SELECT night, bed_at, wake_at, in_bed_minutes, asleep_minutes, awake_minutes, \
+                        latency_minutes, efficiency, awakenings, rem_minutes, deep_minutes, \
+                        core_minutes, unspecified_minutes, nap_count, nap_minutes, sources, \
+                        deleted \
+                 FROM {}.sleep_night WHERE user_id = ? AND night >= ? AND night <= ?",
+                store.keyspace()
+            );
+            let rows: Vec<CqlNight> = store.select(&cql, (user, self.from, self.to)).await?;
+            let mut rows: Vec<CqlNight> = rows
+                .into_iter()
+                .filter(|r| (self.from..=self.to).contains(&r.night) && r.deleted != Some(true))
+                .collect();
+            rows.sort_by_key(|r| r.night);
+            Ok(rows
+                .into_iter()
+                .map(|r| SleepNight {
+                    date: r.night.format("%Y-%m-%d").to_string(),
+                    bed_at: instant(r.bed_at.and_then(DateTime::from_timestamp_micros)),
+                    wake_at: instant(r.wake_at.and_then(DateTime::from_timestamp_micros)),
+                    in_bed_minutes: r.in_bed_minutes.unwrap_or_default(),
+                    asleep_minutes: r.asleep_minutes.unwrap_or_default(),
+                    awake_minutes: r.awake_minutes.unwrap_or_default(),
+                    latency_minutes: r.latency_minutes,
+                    efficiency: r.efficiency,
+                    awakenings: r.awakenings.unwrap_or_default(),
+                    rem_minutes: r.rem_minutes,
+                    deep_minutes: r.deep_minutes,
+                    core_minutes: r.core_minutes,
+                    unspecified_minutes: r.unspecified_minutes.unwrap_or_default(),
+                    nap_count: r.nap_count.unwrap_or_default(),
+                    nap_minutes: r.nap_minutes.unwrap_or_default(),
+                    sources: r.sources.unwrap_or_default(),
+                })
+                .collect())
+        })
+    }
+}
+
+/// A `sleep_night` row as Scylla answers it: instants are microseconds since the epoch;
+/// every value may be null (a deleted night keeps only its version, and CQL has no NOT
+/// NULL), so a live night's defaults are Postgres's.
+#[derive(scylla::DeserializeRow)]
+struct CqlNight {
+    night: NaiveDate,
+    bed_at: Option<i64>,
+    wake_at: Option<i64>,
+    in_bed_minutes: Option<f64>,
+    asleep_minutes: Option<f64>,
+    awake_minutes: Option<f64>,
+    latency_minutes: Option<f64>,
+    efficiency: Option<f64>,
+    awakenings: Option<i32>,
+    rem_minutes: Option<f64>,
+    deep_minutes: Option<f64>,
+    core_minutes: Option<f64>,
+    unspecified_minutes: Option<f64>,
+    nap_count: Option<i32>,
+    nap_minutes: Option<f64>,
+    sources: Option<Vec<String>>,
+    deleted: Option<bool>,
 }

@@ -58,13 +58,7 @@ pub async fn spawn_app_configured(
         ..Config::default()
     };
     configure(&mut config);
-    let application = Application::build(config.clone())
-        .await
-        .expect("application builds");
-    let address = format!("http://127.0.0.1:{}", application.port());
-    let server = tokio::spawn(async move {
-        let _ = application.run_until(std::future::pending()).await;
-    });
+    let (address, server) = serve(config.clone()).await;
     TestApp {
         address,
         config,
@@ -75,7 +69,52 @@ pub async fn spawn_app_configured(
     }
 }
 
+/// Builds and runs an application; (its base URL, the task serving it).
+async fn serve(config: Config) -> (String, JoinHandle<()>) {
+    let application = Application::build(config)
+        .await
+        .expect("application builds");
+    let address = format!("http://127.0.0.1:{}", application.port());
+    let server = tokio::spawn(async move {
+        let _ = application.run_until(std::future::pending()).await;
+    });
+    (address, server)
+}
+
+/// A second API on a `TestApp`'s database (e.g. reading another read store).
+pub struct Sibling {
+    pub address: String,
+    server: JoinHandle<()>,
+}
+
+impl Drop for Sibling {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
 impl TestApp {
+    /// Another API on this app's database, with `configure`'s changes to its config.
+    pub async fn sibling(&self, configure: impl FnOnce(&mut Config)) -> Sibling {
+        let mut config = self.config.clone();
+        configure(&mut config);
+        let (address, server) = serve(config).await;
+        Sibling { address, server }
+    }
+
+    /// GET `path` on `base` (this app or a sibling) as `user`; (status, body).
+    pub async fn get_from(&self, base: &str, path: &str, user: Uuid) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{base}{path}"))
+            .bearer_auth(self.token(user))
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

@@ -77,7 +77,7 @@ impl RunnerFactory {
         };
         Ok(Arc::new(SinkRunner::<M>::new(
             settings,
-            store.sink_for::<M>()?,
+            store.sink_for::<M>(),
             self.codec.clone(),
             self.telemetry.clone(),
         )?))

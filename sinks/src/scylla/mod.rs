@@ -17,9 +17,9 @@
 //! idempotent cells. What this store does not give is Postgres's atomic visibility: a
 //! reader may see a batch's rows before its progress (freshness then under-reports).
 //!
-//! It owns its keyspace's tables and nothing else. Only read models fed by one input
-//! stream are accepted: a read model joining two streams has a version pair that does
-//! not fit one write timestamp (`sink_for` refuses it).
+//! It owns its keyspace's tables and nothing else. Every read model is kept, those joining
+//! two input streams too: `plan::write_timestamp` maps a version pair to one timestamp
+//! that orders a row's versions as the pair does.
 
 mod migrate;
 pub mod plan;
@@ -36,15 +36,19 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
 use scylla::errors::{ExecutionError, PrepareError, RequestAttemptError};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch as CqlBatch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
+
+use pulseline_schemas::{AppliedSeqs, Stream};
 
 use crate::error::SinkError;
 use crate::sink::{Applied, Batch, OffsetScope, Sink, SinkFor};
@@ -63,6 +67,8 @@ pub const SCYLLA_REPLICATION_FACTOR_VAR: &str = "PULSELINE_SCYLLA_REPLICATION_FA
 const MAX_BATCH_ROWS: usize = 50;
 /// Statements of one batch in flight at once.
 const CONCURRENCY: usize = 16;
+/// Rows per page of a read.
+const READ_PAGE_ROWS: i32 = 1000;
 
 /// Where a `scylla://` URL points: `scylla://[user:password@]host:port[,host:port]/
 /// keyspace[?replication_factor=N]`. `Debug` leaves the password out.
@@ -221,6 +227,8 @@ pub struct ScyllaSink {
     shared: OnceCell<Shared>,
     /// Per read model (by name): its table migrated and its insert prepared, once.
     models: Mutex<HashMap<&'static str, Arc<OnceCell<PreparedStatement>>>>,
+    /// Reads prepared once per statement text (the query API's few fixed reads).
+    reads: Mutex<HashMap<String, PreparedStatement>>,
     retry: RetryPolicy,
     metrics: ScyllaMetrics,
 }
@@ -284,6 +292,7 @@ impl ScyllaSink {
             target,
             shared: OnceCell::new(),
             models: Mutex::new(HashMap::new()),
+            reads: Mutex::new(HashMap::new()),
             retry: RetryPolicy::default(),
             metrics: ScyllaMetrics::new()
                 .map_err(|e| SinkError::Startup(format!("scylla metrics: {e}")))?,
@@ -560,6 +569,95 @@ impl ScyllaSink {
     }
 }
 
+impl ScyllaSink {
+    /// Every row a read selects, page by page (`READ_PAGE_ROWS` a page), as `T`: the query
+    /// API's reads. `cql` is prepared on first use and kept; a read is not retried (the
+    /// caller answers 503 and its client retries).
+    pub async fn select<T>(&self, cql: &str, values: impl SerializeRow) -> Result<Vec<T>, SinkError>
+    where
+        T: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let started = Instant::now();
+        let out = self.select_unmetered(cql, values).await;
+        self.metrics
+            .seconds
+            .with_label_values(&["read"])
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = if out.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .statements
+            .with_label_values(&["read", outcome])
+            .inc();
+        out
+    }
+
+    async fn select_unmetered<T>(
+        &self,
+        cql: &str,
+        values: impl SerializeRow,
+    ) -> Result<Vec<T>, SinkError>
+    where
+        T: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let cached = self
+            .reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cql)
+            .cloned();
+        let statement = match cached {
+            Some(s) => s,
+            None => {
+                let mut s = self.prepare(cql.to_owned()).await?;
+                s.set_page_size(READ_PAGE_ROWS);
+                self.reads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(cql.to_owned(), s.clone());
+                s
+            }
+        };
+        let fail = |e: &dyn std::fmt::Display| SinkError::Scylla {
+            message: format!("read: {e}"),
+            retryable: true,
+        };
+        let pager = self
+            .session
+            .execute_iter(statement, values)
+            .await
+            .map_err(|e| fail(&e))?;
+        // A type mismatch is the caller's bug, not worth a retry.
+        let rows = pager.rows_stream::<T>().map_err(|e| SinkError::Scylla {
+            message: format!("read: {e}"),
+            retryable: false,
+        })?;
+        rows.try_collect().await.map_err(|e| fail(&e))
+    }
+
+    /// The applied sequence of each stream of `read_model` for `user` (0 where the sink
+    /// has stored none): the `appliedSeq` of the query API's freshness.
+    pub async fn applied_seqs(
+        &self,
+        read_model: &str,
+        user: Uuid,
+    ) -> Result<AppliedSeqs, SinkError> {
+        let cql = format!(
+            "SELECT stream, applied_seq FROM {}.sink_progress WHERE read_model = ? AND user_id = ?",
+            self.target.keyspace
+        );
+        let rows: Vec<(i32, i64)> = self.select(&cql, (read_model, user)).await?;
+        let mut applied = AppliedSeqs::default();
+        for (stream, seq) in rows {
+            if stream == i32::from(Stream::Samples.id()) {
+                applied.samples = seq;
+            } else if stream == i32::from(Stream::Events.id()) {
+                applied.events = seq;
+            }
+        }
+        Ok(applied)
+    }
+}
+
 impl Sink for ScyllaSink {
     fn engine(&self) -> &'static str {
         "scylla"
@@ -597,23 +695,6 @@ impl<M: CqlReadModel> SinkFor<M> for ScyllaSink {
     ) -> BoxFuture<'a, Result<Applied, SinkError>> {
         Box::pin(self.apply_batch(scope, batch))
     }
-}
-
-/// Refuses a read model the Scylla store cannot keep exactly: one joining several input
-/// streams has a version per stream, which no single write timestamp orders.
-pub fn check_read_model<M: CqlReadModel>() -> Result<(), SinkError> {
-    check_streams(M::NAME, M::STREAMS)
-}
-
-fn check_streams(name: &str, streams: &[pulseline_schemas::Stream]) -> Result<(), SinkError> {
-    if streams.len() > 1 {
-        return Err(SinkError::Config(format!(
-            "read model {name} reads {} input streams; the Scylla store keeps only read models \
-             of one stream (its version is the write timestamp). Use the Postgres store.",
-            streams.len()
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -668,24 +749,5 @@ mod tests {
         let e = execution_error("row_batch", &db(DbError::Overloaded));
         assert!(e.is_retryable());
         assert!(e.to_string().starts_with("scylla: row_batch:"), "{e}");
-    }
-
-    #[test]
-    fn single_stream_read_models_are_accepted() {
-        use pulseline_schemas::records::{RollupUpsert, SleepNightUpsert};
-        check_read_model::<RollupUpsert>().unwrap();
-        check_read_model::<SleepNightUpsert>().unwrap();
-    }
-
-    #[test]
-    fn read_models_of_two_streams_are_refused() {
-        use pulseline_schemas::Stream;
-        let e = check_streams("impact", &[Stream::Samples, Stream::Events]).unwrap_err();
-        assert!(matches!(e, SinkError::Config(_)));
-        assert!(
-            e.to_string()
-                .contains("read model impact reads 2 input streams"),
-            "{e}"
-        );
     }
 }

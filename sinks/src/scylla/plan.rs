@@ -14,20 +14,28 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use pulseline_schemas::RowVersion;
 use pulseline_service::Backoff;
 use uuid::Uuid;
 
 use crate::sink::{Batch, StoredRow};
 use crate::tables::StoredReadModel;
 
-/// The CQL write timestamp of a row: its version. Every version -> timestamp mapping goes
-/// through here, so a change of the version's type is a change of this one function.
-/// Only read models of one stream get here (`check_read_model`): the part of that stream.
+/// The CQL write timestamp of a row: the sum of its version's parts. Every version ->
+/// timestamp mapping goes through here.
+///
+/// Why a sum: a version is a pair (samples, events) ordered lexicographically, and CQL has
+/// one timestamp per cell. Along a row's history both parts only grow and at least one
+/// grows with each change (`RowVersion`), so the sum grows strictly with the version: the
+/// two orders agree on every pair of versions one row can have. A read model of one stream
+/// has 0 in the other part, so its timestamp is its version. The parts are change ids
+/// (sequence << 20 | index), far below where the sum could overflow; it saturates anyway.
 pub fn write_timestamp<M: StoredReadModel>(row: &StoredRow<M>) -> i64 {
-    match M::STREAMS {
-        [pulseline_schemas::Stream::Events] => row.version.events,
-        _ => row.version.samples,
-    }
+    version_timestamp(row.version)
+}
+
+fn version_timestamp(version: RowVersion) -> i64 {
+    version.samples.saturating_add(version.events)
 }
 
 /// Rows of one partition (user) that share one write timestamp: one unlogged batch.
@@ -162,6 +170,51 @@ mod tests {
             unreachable!()
         };
         assert_eq!(write_timestamp(&r), 42);
+    }
+
+    #[test]
+    fn two_stream_timestamps_order_a_rows_versions_as_the_pairs_do() {
+        // One row's history along an interleaving of the two streams: each change that
+        // touches it advances one part (to that stream's newest change id).
+        let change = |seq: i64, index: i64| (seq << RowVersion::INDEX_BITS) | index;
+        let steps = [
+            (true, change(1, 0)),
+            (false, change(1, 3)),
+            (true, change(2, 0)),
+            (true, change(2, 7)),
+            (false, change(4, 0)),
+            (true, change(9, 1)),
+        ];
+        let mut version = RowVersion::default();
+        let mut history = vec![version];
+        for (samples, id) in steps {
+            if samples {
+                version.samples = id;
+            } else {
+                version.events = id;
+            }
+            history.push(version);
+        }
+        for pair in history.windows(2) {
+            assert!(pair[0] < pair[1]);
+            assert!(
+                version_timestamp(pair[0]) < version_timestamp(pair[1]),
+                "{} then {}",
+                pair[0],
+                pair[1]
+            );
+        }
+        // A read model of one stream: the timestamp is its version.
+        let one = RowVersion {
+            samples: change(5, 2),
+            events: 0,
+        };
+        assert_eq!(version_timestamp(one), change(5, 2));
+        let far = RowVersion {
+            samples: i64::MAX,
+            events: 1,
+        };
+        assert_eq!(version_timestamp(far), i64::MAX);
     }
 
     #[test]
