@@ -6,7 +6,9 @@
 //! read model.
 //!
 //! `emulator_*` runs on the in-memory CQL emulator (kassandra), which keeps no write
-//! timestamps: fine here, since the processors emit each key's versions in order.
+//! timestamps (fine here: the processors emit each key's versions in order) and keeps a
+//! cell's value when a null is written over it (tolerated and counted, see
+//! `forget_nulled_cells`).
 //! `cluster_*` runs the same against a real cluster at `SCYLLA_URI` and prints that it
 //! did not run when that is unset. Needs `scripts/stack up` (Postgres, broker, registry).
 
@@ -31,15 +33,20 @@ use uuid::Uuid;
 const USERS: u64 = 3;
 const WITHIN: Duration = Duration::from_secs(120);
 
-/// Uploads every user's backlog (`days` of samples, and their events) until caught up.
+/// Uploads every user's backlog (samples of each device, and events) until caught up.
 async fn upload_backlogs(env: &Env, users: &mut [SimulatedUser]) {
     for user in users.iter_mut() {
         let token = env.p.token(user.user_id);
-        loop {
+        // An upload comes from one device picked at random; an empty one means only that
+        // device is caught up, so stop after many empty ones in a row.
+        let mut empty = 0;
+        while empty < 32 {
             let upload = user.next_upload(200, Utc::now());
             if upload.items == 0 {
-                break;
+                empty += 1;
+                continue;
             }
+            empty = 0;
             post(env, "/v1/samples:batch", &token, &upload.body).await;
             user.acknowledged(&upload);
             if let Some(events) = user.next_events(Utc::now()) {
@@ -114,7 +121,33 @@ async fn fresh_answer(env: &Env, base: &str, question: &str, user: Uuid) -> Valu
     }
 }
 
-async fn both_stores_answer_alike(contact: &str) {
+/// Where Postgres answers null and the emulator a value, the emulator's value is the one
+/// a later write nulled: it keeps a cell's value when a null is written over it (Scylla
+/// writes a tombstone). Sets those to null too; returns how many there were.
+fn forget_nulled_cells(emulator: &mut Value, postgres: &Value) -> usize {
+    match (emulator, postgres) {
+        (Value::Object(e), Value::Object(p)) => e
+            .iter_mut()
+            .map(|(k, v)| match p.get(k) {
+                Some(Value::Null) if !v.is_null() => {
+                    *v = Value::Null;
+                    1
+                }
+                Some(pv) => forget_nulled_cells(v, pv),
+                None => 0,
+            })
+            .sum(),
+        (Value::Array(e), Value::Array(p)) => e
+            .iter_mut()
+            .zip(p)
+            .map(|(ev, pv)| forget_nulled_cells(ev, pv))
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// `emulator`: tolerate (and count) its one known difference, `forget_nulled_cells`.
+async fn both_stores_answer_alike(contact: &str, emulator: bool) {
     let env = Env::start("scylla-store").await;
     let stack = Stack::from_env();
     let keyspace = format!("t_{}", Uuid::new_v4().simple());
@@ -155,28 +188,37 @@ async fn both_stores_answer_alike(contact: &str) {
         .collect();
     upload_backlogs(&env, &mut users).await;
 
-    let (mut compared, mut with_rows) = (0, 0);
+    // Per question (its path), how many users' answers had rows.
+    let mut with_rows: std::collections::BTreeMap<String, usize> = Default::default();
+    let (mut compared, mut nulled) = (0, 0);
     for user in &users {
         for question in questions() {
             let on_postgres = fresh_answer(&env, &env.p.query_url, &question, user.user_id).await;
-            let on_scylla = fresh_answer(&env, &on_scylla, &question, user.user_id).await;
+            let mut on_scylla = fresh_answer(&env, &on_scylla, &question, user.user_id).await;
+            if emulator {
+                nulled += forget_nulled_cells(&mut on_scylla, &on_postgres);
+            }
             // Fresh answers have no lag; the sequences must be the same too.
             assert_eq!(on_scylla, on_postgres, "{question} for {}", user.user_id);
             compared += 1;
-            if on_postgres["data"]
+            let rows = on_postgres["data"]
                 .as_array()
-                .is_some_and(|d| !d.is_empty())
-            {
-                with_rows += 1;
-            }
+                .is_some_and(|d| !d.is_empty());
+            let path = question.split('?').next().unwrap_or_default().to_owned();
+            *with_rows.entry(path).or_default() += usize::from(rows);
         }
     }
-    // The run produced something to compare: most questions have rows for every user.
-    assert!(
-        with_rows * 2 > compared,
-        "only {with_rows} of {compared} answers had rows"
+    eprintln!(
+        "{compared} answers equal on both stores ({nulled} cells nulled only on Postgres, an \
+         emulator quirk); users with rows per path: {with_rows:?}"
     );
-    eprintln!("{compared} answers equal on both stores, {with_rows} with rows");
+    // The run produced something to compare for every read model.
+    for path in ["/v1/me/rollups", "/v1/me/sleep", "/v1/me/impacts/sessions"] {
+        assert!(
+            with_rows.get(path).copied().unwrap_or(0) > 0,
+            "no rows for {path}: {with_rows:?}"
+        );
+    }
     sink.abort();
     query.abort();
 }
@@ -184,7 +226,7 @@ async fn both_stores_answer_alike(contact: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn emulator_a_whole_run_answers_alike_from_postgres_and_scylla() {
     let emulator = CqlEmulator::start().await.expect("emulator starts");
-    both_stores_answer_alike(&emulator.addr().to_string()).await;
+    both_stores_answer_alike(&emulator.addr().to_string(), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -195,5 +237,5 @@ async fn cluster_a_whole_run_answers_alike_from_postgres_and_scylla() {
         );
         return;
     };
-    both_stores_answer_alike(&contact).await;
+    both_stores_answer_alike(&contact, false).await;
 }
