@@ -665,6 +665,50 @@ async fn an_s3_root_holds_the_same_export_and_never_overwrites_a_newer_manifest(
     assert_export_equals_postgres(&f).await;
 }
 
+/// Two exporters on one S3 root: a slow one reads the root, the other exports a correction
+/// and a deletion meanwhile; the slow one's first partition write is then refused
+/// (`Concurrent`, conditional on the version it read), so it never writes a partition it
+/// read before the other wrote it, and the bucket keeps the other's export, equal to
+/// Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_s3_a_slow_exporter_never_writes_over_a_partition_written_since_it_read() {
+    let f = Fixture::new().await;
+    f.seed().await;
+    let s3 = tokio::task::spawn_blocking(|| MotoS3::start("exports"))
+        .await
+        .expect("join")
+        .expect("moto's S3 server");
+    let root = ExportRoot::open_with("s3://exports/analytics", s3.options()).expect("S3 root");
+    // Samples are the first dataset: the correction below changes two of its partitions.
+    let mut slow = f.exporter().with_root(root.clone());
+    let mut other = f.exporter().with_root(root.clone());
+    slow.export_once().await.expect("a first cycle");
+
+    let stale = slow
+        .snapshot()
+        .await
+        .expect("the slow cycle reads the root");
+    f.correct_and_delete(3.75).await;
+    other
+        .export_once()
+        .await
+        .expect("the other exporter's cycle");
+    let late = slow.export_from(stale).await;
+    match &late {
+        Err(ExportError::Concurrent { path }) => assert!(
+            path.ends_with(pulseline_sinks::export::PART_FILE),
+            "refused at {path}, not at its first partition file"
+        ),
+        other => panic!("the slow cycle was not refused: {other:?}"),
+    }
+    download(&root, f.dir.path()).await;
+    assert_export_equals_postgres(&f).await;
+    // Its next cycle starts from what is there and succeeds.
+    slow.export_once()
+        .await
+        .expect("the slow exporter's next cycle");
+}
+
 /// The exporter binary SIGKILLed at seeded moments of its cycles, with corrections,
 /// deletions and privacy changes (each making the next cycle rewrite every partition)
 /// between the kills: the export ends equal to Postgres, with no leftover file.

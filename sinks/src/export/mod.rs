@@ -23,15 +23,15 @@ mod partition;
 mod pseudonym;
 mod root;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Parser;
 use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
 use object_store::path::Path as StorePath;
+use object_store::{ObjectStoreExt, UpdateVersion};
 use pulseline_schemas::records::{
     ProductImpactUpsert, RollupUpsert, SessionImpactUpsert, SleepNightUpsert,
 };
@@ -244,6 +244,22 @@ fn partition_dir(metric: Option<&str>, date: NaiveDate) -> String {
     }
 }
 
+/// What one cycle read of the export root at its start (`Exporter::snapshot`).
+#[derive(Debug)]
+pub struct CycleSnapshot {
+    datasets: Vec<DatasetSnapshot>,
+}
+
+/// One dataset's part of a `CycleSnapshot`.
+#[derive(Debug)]
+struct DatasetSnapshot {
+    manifest: Manifest,
+    /// The manifest's version (`None`: there was none).
+    seen: Seen,
+    /// Every file's version, by path (object stores only).
+    files: HashMap<String, UpdateVersion>,
+}
+
 impl Exporter {
     /// An exporter over an open pool (which must reach the gateway's and the sinks' tables).
     pub fn new(pool: PgPool, config: &ExportConfig) -> Result<Self, ExportError> {
@@ -281,11 +297,39 @@ impl Exporter {
 
     /// One export cycle over every dataset.
     pub async fn export_once(&mut self) -> Result<Vec<DatasetReport>, ExportError> {
+        let snapshot = self.snapshot().await?;
+        self.export_from(snapshot).await
+    }
+
+    /// What a cycle reads of the export root before it writes anything: each dataset's
+    /// manifest and the versions of its files. `export_once` is `snapshot` then
+    /// `export_from`; they are apart so that a test can let another exporter write in
+    /// between, as a slow exporter would.
+    pub async fn snapshot(&self) -> Result<CycleSnapshot, ExportError> {
+        let mut datasets = Vec::with_capacity(self.datasets.len());
+        for spec in &self.datasets {
+            self.root.remove_leftovers(spec.name).await?;
+            let (manifest, seen) = self.read_manifest(spec).await?;
+            let files = self.root.file_versions(spec.name).await?;
+            datasets.push(DatasetSnapshot {
+                manifest,
+                seen,
+                files,
+            });
+        }
+        Ok(CycleSnapshot { datasets })
+    }
+
+    /// The cycle after `snapshot`: every write is conditional on what it read.
+    pub async fn export_from(
+        &mut self,
+        snapshot: CycleSnapshot,
+    ) -> Result<Vec<DatasetReport>, ExportError> {
         let digest = self.privacy_digest().await?;
         let mut reports = Vec::new();
-        for spec in self.datasets.clone() {
+        for (spec, read) in self.datasets.clone().into_iter().zip(snapshot.datasets) {
             let started = Instant::now();
-            let report = self.export_dataset(&spec, &digest).await?;
+            let report = self.export_dataset(&spec, &digest, read).await?;
             tracing::info!(
                 dataset = spec.name,
                 partitions = report.partitions,
@@ -350,9 +394,13 @@ impl Exporter {
         &mut self,
         spec: &ExportSpec,
         privacy_digest: &str,
+        read: DatasetSnapshot,
     ) -> Result<DatasetReport, ExportError> {
-        self.root.remove_leftovers(spec.name).await?;
-        let (old, seen) = self.read_manifest(spec).await?;
+        let DatasetSnapshot {
+            manifest: old,
+            seen,
+            files,
+        } = read;
         let key_fingerprint = self.names.key_fingerprint();
         let signature = spec.signature();
         let rewrite_all = old.signature != signature
@@ -424,7 +472,9 @@ impl Exporter {
         }
 
         if !changed.is_empty() {
-            let written = self.write_partitions(spec, &changed, &current).await?;
+            let written = self
+                .write_partitions(spec, &changed, &current, &files)
+                .await?;
             for dir in &changed {
                 let (rows, bytes) = written.get(dir).copied().unwrap_or((0, 0));
                 if rows == 0 {
@@ -480,6 +530,7 @@ impl Exporter {
         spec: &ExportSpec,
         changed: &[String],
         current: &BTreeMap<String, PartitionEntry>,
+        files: &HashMap<String, UpdateVersion>,
     ) -> Result<BTreeMap<String, (u64, u64)>, ExportError> {
         let mut metrics = Vec::with_capacity(changed.len());
         let mut dates = Vec::with_capacity(changed.len());
@@ -504,7 +555,10 @@ impl Exporter {
             let dir = partition_dir(metric.as_deref(), date);
             if open.as_ref().is_none_or(|(d, _)| *d != dir) {
                 if let Some((d, file)) = open.take() {
-                    written.insert(d.clone(), self.finish_partition(spec, &d, file).await?);
+                    written.insert(
+                        d.clone(),
+                        self.finish_partition(spec, &d, file, files).await?,
+                    );
                 }
                 open = Some((dir, partition::PartitionFile::new(*spec)?));
             }
@@ -513,7 +567,10 @@ impl Exporter {
             }
         }
         if let Some((d, file)) = open.take() {
-            written.insert(d.clone(), self.finish_partition(spec, &d, file).await?);
+            written.insert(
+                d.clone(),
+                self.finish_partition(spec, &d, file, files).await?,
+            );
         }
         Ok(written)
     }
@@ -523,15 +580,15 @@ impl Exporter {
         spec: &ExportSpec,
         dir: &str,
         file: partition::PartitionFile,
+        files: &HashMap<String, UpdateVersion>,
     ) -> Result<(u64, u64), ExportError> {
         let rows = file.rows();
         let bytes = file.finish()?;
         let len = bytes.len() as u64;
+        let path = format!("{}/{dir}/{PART_FILE}", spec.name);
+        let seen = files.get(&path).cloned();
         self.root
-            .replace(
-                &StorePath::from(format!("{}/{dir}/{PART_FILE}", spec.name)),
-                bytes,
-            )
+            .replace_if_unchanged(&StorePath::from(path), bytes, seen)
             .await?;
         Ok((rows, len))
     }

@@ -3,11 +3,15 @@
 //!
 //! - Local: write under a temporary name, then rename over the old file (atomic on one file
 //!   system).
-//! - S3: one PUT (an object appears whole; S3 has no rename). The manifest is written with
-//!   a conditional put against the version the cycle read at its start, so two exporters
-//!   writing one root at once cannot both publish a manifest: the second fails with
-//!   [`ExportError::Concurrent`] and its next cycle starts again from what is there.
+//! - S3: one PUT (an object appears whole; S3 has no rename). Every partition file and the
+//!   manifest are written with a conditional put against the version the cycle read at
+//!   its start, so of two exporters writing one root at once, the one that read before the
+//!   other wrote fails with [`ExportError::Concurrent`] at its first such write: it never
+//!   writes an older partition over a newer one, nor publishes its manifest, and its next
+//!   cycle starts again from what is there. (Deletions of emptied partitions are not
+//!   conditional: S3 has no conditional delete.)
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -134,6 +138,30 @@ impl ExportRoot {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The version of every file under `dataset` on an object store, by path (empty on a
+    /// local root, whose writes are not conditional): what a cycle's writes are
+    /// conditional on (`replace_if_unchanged`).
+    pub async fn file_versions(
+        &self,
+        dataset: &str,
+    ) -> Result<HashMap<String, UpdateVersion>, ExportError> {
+        if self.bucket.is_none() {
+            return Ok(HashMap::new());
+        }
+        self.store
+            .list(Some(&StorePath::from(dataset)))
+            .map_ok(|m| {
+                let version = UpdateVersion {
+                    e_tag: m.e_tag,
+                    version: m.version,
+                };
+                (m.location.to_string(), version)
+            })
+            .try_collect()
+            .await
+            .map_err(Into::into)
     }
 
     /// Writes `bytes` at `path` whole: readers see the old or the new content, never a mix.
