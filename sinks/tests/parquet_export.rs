@@ -606,6 +606,17 @@ async fn download(root: &ExportRoot, dir: &Path) -> Vec<String> {
     names
 }
 
+/// moto's S3 emulator (started here; not AWS) and an export root in its bucket; the
+/// emulator stops when the first value is dropped.
+async fn s3_root() -> (MotoS3, ExportRoot) {
+    let s3 = tokio::task::spawn_blocking(|| MotoS3::start("exports"))
+        .await
+        .expect("join")
+        .expect("moto's S3 server");
+    let root = ExportRoot::open_with("s3://exports/analytics", s3.options()).expect("S3 root");
+    (s3, root)
+}
+
 /// The export root on S3 (moto's S3 emulator, started here; not AWS): the objects equal
 /// Postgres after a first cycle and after corrections, no temporary object is left, and a
 /// manifest another exporter wrote since a cycle read it is never overwritten.
@@ -613,11 +624,7 @@ async fn download(root: &ExportRoot, dir: &Path) -> Vec<String> {
 async fn an_s3_root_holds_the_same_export_and_never_overwrites_a_newer_manifest() {
     let f = Fixture::new().await;
     f.seed().await;
-    let s3 = tokio::task::spawn_blocking(|| MotoS3::start("exports"))
-        .await
-        .expect("join")
-        .expect("moto's S3 server");
-    let root = ExportRoot::open_with("s3://exports/analytics", s3.options()).expect("S3 root");
+    let (_s3, root) = s3_root().await;
     assert_eq!(root.location(), "s3://exports/analytics");
     let mut exporter = f.exporter().with_root(root.clone());
     exporter.export_once().await.expect("export to S3");
@@ -674,11 +681,7 @@ async fn an_s3_root_holds_the_same_export_and_never_overwrites_a_newer_manifest(
 async fn on_s3_a_slow_exporter_never_writes_over_a_partition_written_since_it_read() {
     let f = Fixture::new().await;
     f.seed().await;
-    let s3 = tokio::task::spawn_blocking(|| MotoS3::start("exports"))
-        .await
-        .expect("join")
-        .expect("moto's S3 server");
-    let root = ExportRoot::open_with("s3://exports/analytics", s3.options()).expect("S3 root");
+    let (_s3, root) = s3_root().await;
     // Samples are the first dataset: the correction below changes two of its partitions.
     let mut slow = f.exporter().with_root(root.clone());
     let mut other = f.exporter().with_root(root.clone());
