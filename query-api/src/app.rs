@@ -45,12 +45,20 @@ impl Application {
                 .await
                 .map_err(|e| QueryError::Startup(format!("read-model migrations: {e}")))?;
         }
-        let store = match config.store.read_store {
-            ReadStoreKind::Postgres => store,
-            ReadStoreKind::Scylla => store.with_scylla(open_scylla(&config).await?, config.migrate),
-        };
         let telemetry =
             Telemetry::new().map_err(|e| QueryError::Startup(format!("metrics registry: {e}")))?;
+        let store = match config.store.read_store {
+            ReadStoreKind::Postgres => store,
+            ReadStoreKind::Scylla => {
+                let scylla = open_scylla(&config).await?;
+                // Reads by outcome and their latency: `pulseline_query_scylla_*`.
+                scylla
+                    .metrics()
+                    .register(telemetry.registry())
+                    .map_err(|e| QueryError::Startup(format!("metrics registry: {e}")))?;
+                store.with_scylla(scylla, config.migrate)
+            }
+        };
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|e| QueryError::Startup(format!("binding {}: {e}", config.addr)))?;

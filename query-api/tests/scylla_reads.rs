@@ -430,6 +430,21 @@ async fn postgres_and_scylla_agree(contact: &str, newest_first: bool) -> usize {
     }
     // The answers are about something (checked by the callers: alice's questions all
     // have rows but one, a metric without daily rollups; bob's only his two of steps).
+    // The Scylla reads are on the API's /metrics, by statement kind and outcome.
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", on_scylla.address))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("pulseline_query_scylla_statements_total{kind=\"read\",outcome=\"ok\"}")),
+        "{metrics}"
+    );
     let (status, mut alice_steps) = app.get_from(&on_scylla.address, QUESTIONS[0], alice).await;
     assert_eq!(status, 200);
     lags(&mut alice_steps);
