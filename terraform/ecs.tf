@@ -32,6 +32,7 @@ locals {
     PULSELINE_SCYLLA_URI                = var.scylla_uri
     PULSELINE_SCYLLA_KEYSPACE           = "pulseline"
     PULSELINE_SCYLLA_REPLICATION_FACTOR = "3"
+    PULSELINE_SCYLLA_TLS                = tostring(var.scylla_tls)
     PULSELINE_EXPORT_DIR                = "s3://${aws_s3_bucket.exports.bucket}/export"
     RUST_LOG                            = "info"
   } : { name = k, value = v }]

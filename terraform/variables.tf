@@ -77,6 +77,12 @@ variable "scylla_uri" {
   type        = string
 }
 
+variable "scylla_tls" {
+  description = "Connect to Scylla over TLS, each node's certificate verified against its IP address and the image's system CAs (client-to-node encryption must be on in the cluster)."
+  type        = bool
+  default     = true
+}
+
 variable "read_store" {
   description = "Where the sink writes and the query API reads the read models: postgres (the RDS instance) or scylla (scylla_uri). The Parquet export reads them from Postgres."
   type        = string

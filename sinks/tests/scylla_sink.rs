@@ -15,7 +15,7 @@ use pulseline_sinks::{
     Batch, Item, OffsetScope, PartitionSpan, ScyllaSink, Sink, SinkError, SinkFor, Store,
     UserProgress,
 };
-use pulseline_testkit::cql_emulator::CqlEmulator;
+use pulseline_testkit::cql_emulator::{CqlEmulator, TestCertificate};
 use scylla::value::{CqlValue, Row};
 use support::{batch, upsert};
 use uuid::Uuid;
@@ -82,6 +82,75 @@ async fn emulator_connects_migrates_idempotently_and_answers_ping() {
     versions.sort();
     assert_eq!(versions, vec![1, 1001, 1002]);
     assert_eq!(sink.engine(), "scylla");
+}
+
+/// `open` within 20 s (a refused connection must fail, not hang); a timeout panics.
+async fn within<T>(open: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(20), open)
+        .await
+        .expect("answered within 20 s")
+}
+
+/// `url` with TLS on, trusting the CA in `ca`.
+fn with_ca(url: &str, ca: &std::path::Path) -> String {
+    let ca: String =
+        url::form_urlencoded::byte_serialize(ca.to_string_lossy().as_bytes()).collect();
+    format!("{url}&tls_ca_file={ca}")
+}
+
+/// TLS: over it the store connects, migrates, writes and reads when the node's certificate
+/// chains to the configured CA and names the node's IP; it refuses a node whose
+/// certificate another CA signed, a node without TLS, and (without TLS) a node with it.
+#[tokio::test]
+async fn emulator_over_tls_trusts_only_the_configured_ca() {
+    let certificate = TestCertificate::localhost().expect("a certificate");
+    let emulator = CqlEmulator::start_tls(&certificate).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, certificate.pem()).unwrap();
+
+    let sink = within(ScyllaSink::open(&with_ca(&emulator.url(&keyspace()), &ca)))
+        .await
+        .expect("the store opens over TLS");
+    let user = Uuid::new_v4();
+    SinkFor::<RollupUpsert>::apply(&sink, &scope(), &batch(&days(user, 3, 5), None, 3))
+        .await
+        .expect("a batch over TLS");
+    assert_eq!(
+        sink.user_rows::<RollupUpsert>(user, 2).await.unwrap().len(),
+        3
+    );
+
+    let stranger = TestCertificate::localhost().expect("another certificate");
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, stranger.pem()).unwrap();
+    let untrusted = within(ScyllaSink::open(&with_ca(
+        &emulator.url(&keyspace()),
+        &other_ca,
+    )))
+    .await;
+    assert!(
+        matches!(untrusted, Err(SinkError::Scylla { .. })),
+        "a node signed by another CA: {:?}",
+        untrusted.err()
+    );
+    let plain_client = within(ScyllaSink::open(&emulator.url(&keyspace()))).await;
+    assert!(
+        plain_client.is_err(),
+        "a client without TLS talked to a TLS node"
+    );
+    let plain = CqlEmulator::start().await.unwrap();
+    // The emulator never answers a TLS hello: the start gives up after its timeout.
+    let plain_node = within(ScyllaSink::open(&with_ca(&plain.url(&keyspace()), &ca))).await;
+    match plain_node {
+        Err(SinkError::Scylla { message, .. }) => {
+            assert!(message.contains("no answer within"), "{message}")
+        }
+        other => panic!(
+            "a TLS client talked to a node without TLS: {:?}",
+            other.err()
+        ),
+    }
 }
 
 #[tokio::test]

@@ -19,8 +19,20 @@ use kassandra::frame::request::{Request, RequestOpcode};
 use kassandra::frame::response::Response;
 use kassandra::frame::response::result::QueryResult;
 use kassandra::frame::{request_stream, response_sink};
-use tokio::net::{TcpListener, TcpStream};
+use openssl::asn1::Asn1Time;
+use openssl::bn::BigNum;
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{Ssl, SslAcceptor, SslMethod};
+use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+use openssl::x509::{X509, X509NameBuilder};
+use std::pin::Pin;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_openssl::SslStream;
 
 /// A running emulator; stops when dropped.
 #[derive(Debug)]
@@ -34,12 +46,47 @@ type Shared = Arc<Mutex<KassandraSession>>;
 impl CqlEmulator {
     /// Listens on 127.0.0.1 on a free port, with an empty store.
     pub async fn start() -> std::io::Result<Self> {
+        Self::listen(None).await
+    }
+
+    /// As `start`, but every connection is TLS with `certificate` (a client that does not
+    /// speak TLS, or does not trust the certificate, cannot talk to it).
+    pub async fn start_tls(certificate: &TestCertificate) -> std::io::Result<Self> {
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
+            .map_err(std::io::Error::other)?;
+        acceptor
+            .set_private_key(&certificate.key)
+            .and_then(|()| acceptor.set_certificate(&certificate.cert))
+            .map_err(std::io::Error::other)?;
+        Self::listen(Some(acceptor.build())).await
+    }
+
+    async fn listen(tls: Option<SslAcceptor>) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let session: Shared = Arc::new(Mutex::new(KassandraSession::new()));
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, session.clone()));
+                let session = session.clone();
+                match &tls {
+                    None => {
+                        tokio::spawn(serve(stream, session));
+                    }
+                    Some(acceptor) => {
+                        let Ok(ssl) = Ssl::new(acceptor.context()) else {
+                            continue;
+                        };
+                        tokio::spawn(async move {
+                            let Ok(mut stream) = SslStream::new(ssl, stream) else {
+                                return;
+                            };
+                            // A client that fails the handshake is dropped.
+                            if Pin::new(&mut stream).accept().await.is_ok() {
+                                serve(stream, session).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         Ok(Self { addr, accept })
@@ -63,8 +110,8 @@ impl Drop for CqlEmulator {
 }
 
 /// Answers one connection's requests in order until it closes.
-async fn serve(stream: TcpStream, session: Shared) {
-    let (reader, writer) = stream.into_split();
+async fn serve(stream: impl AsyncRead + AsyncWrite + Send + 'static, session: Shared) {
+    let (reader, writer) = tokio::io::split(stream);
     let mut requests = pin!(request_stream(reader));
     let mut responses = pin!(response_sink(writer));
     while let Some(Ok((frame, opcode, body))) = requests.next().await {
@@ -186,5 +233,49 @@ fn topology_query(query: QueryString) -> QueryString {
             QueryString::Select(select)
         }
         other => other,
+    }
+}
+
+/// A self-signed certificate (its own CA) for 127.0.0.1, made fresh: what a TLS test
+/// serves, and trusts by writing `pem()` to a CA file.
+#[derive(Debug)]
+pub struct TestCertificate {
+    cert: X509,
+    key: PKey<Private>,
+}
+
+impl TestCertificate {
+    /// A P-256 key and a certificate valid for a day, for the IP address 127.0.0.1.
+    pub fn localhost() -> Result<Self, openssl::error::ErrorStack> {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+        let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
+        let mut name = X509NameBuilder::new()?;
+        name.append_entry_by_nid(Nid::COMMONNAME, "pulseline test node")?;
+        let name = name.build();
+        let mut builder = X509::builder()?;
+        builder.set_version(2)?;
+        let serial = BigNum::from_u32(1)?.to_asn1_integer()?;
+        builder.set_serial_number(&serial)?;
+        builder.set_subject_name(&name)?;
+        builder.set_issuer_name(&name)?;
+        builder.set_pubkey(&key)?;
+        let (from, until) = (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(1)?);
+        builder.set_not_before(&from)?;
+        builder.set_not_after(&until)?;
+        let san = SubjectAlternativeName::new()
+            .ip("127.0.0.1")
+            .build(&builder.x509v3_context(None, None))?;
+        builder.append_extension(san)?;
+        builder.append_extension(BasicConstraints::new().critical().ca().build()?)?;
+        builder.sign(&key, MessageDigest::sha256())?;
+        Ok(Self {
+            cert: builder.build(),
+            key,
+        })
+    }
+
+    /// The certificate in PEM, as a CA file holds it.
+    pub fn pem(&self) -> Vec<u8> {
+        self.cert.to_pem().unwrap_or_default()
     }
 }

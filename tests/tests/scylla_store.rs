@@ -156,6 +156,7 @@ async fn both_stores_answer_alike(contact: &str, emulator: bool) {
         scylla_uri: contact.to_owned(),
         scylla_keyspace: keyspace,
         scylla_replication_factor: 1,
+        ..ReadStoreSettings::default()
     };
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     let sink = SinkApplication::build(SinkConfig {

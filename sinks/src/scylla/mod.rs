@@ -32,9 +32,10 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
+use openssl::ssl::{SslConnector, SslMethod};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use scylla::client::execution_profile::ExecutionProfile;
-use scylla::client::session::Session;
+use scylla::client::session::{OpenSsl010Config, Session};
 use scylla::client::session_builder::SessionBuilder;
 use scylla::deserialize::row::DeserializeRow;
 use scylla::errors::{ExecutionError, PrepareError, RequestAttemptError};
@@ -62,22 +63,39 @@ pub const SCYLLA_URI_VAR: &str = "PULSELINE_SCYLLA_URI";
 pub const SCYLLA_KEYSPACE_VAR: &str = "PULSELINE_SCYLLA_KEYSPACE";
 /// The keyspace's replication factor when the migration creates it (default 3).
 pub const SCYLLA_REPLICATION_FACTOR_VAR: &str = "PULSELINE_SCYLLA_REPLICATION_FACTOR";
+/// `true`: connect over TLS, each node's certificate verified against its IP address and
+/// the system's CAs (or `PULSELINE_SCYLLA_TLS_CA_FILE`'s).
+pub const SCYLLA_TLS_VAR: &str = "PULSELINE_SCYLLA_TLS";
+/// A PEM file of the CA(s) the nodes' certificates must chain to; implies TLS.
+pub const SCYLLA_TLS_CA_FILE_VAR: &str = "PULSELINE_SCYLLA_TLS_CA_FILE";
 
 /// Rows per unlogged batch at most: Scylla warns above a few kilobytes per batch.
 const MAX_BATCH_ROWS: usize = 50;
 /// Statements of one batch in flight at once.
 const CONCURRENCY: usize = 16;
+/// How long connecting (and the protocol handshake) may take at start.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rows per page of a read.
 const READ_PAGE_ROWS: i32 = 1000;
 
 /// Where a `scylla://` URL points: `scylla://[user:password@]host:port[,host:port]/
-/// keyspace[?replication_factor=N]`. `Debug` leaves the password out.
+/// keyspace[?replication_factor=N][&tls=true][&tls_ca_file=PATH]` (the path
+/// percent-encoded). `Debug` leaves the password out.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScyllaTarget {
     pub nodes: Vec<String>,
     pub keyspace: String,
     pub replication_factor: u32,
+    /// `Some` when the connection is TLS.
+    pub tls: Option<ScyllaTls>,
     credentials: Option<(String, String)>,
+}
+
+/// How TLS connections verify the nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScyllaTls {
+    /// The CA(s) to trust instead of the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ScyllaTarget {
@@ -86,6 +104,7 @@ impl std::fmt::Debug for ScyllaTarget {
             .field("nodes", &self.nodes)
             .field("keyspace", &self.keyspace)
             .field("replication_factor", &self.replication_factor)
+            .field("tls", &self.tls)
             .field("user", &self.credentials.as_ref().map(|(u, _)| u))
             .finish()
     }
@@ -127,25 +146,59 @@ impl ScyllaTarget {
             ));
         }
         let mut replication_factor = 3;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("replication_factor", n)) => {
-                    replication_factor = n
+        let mut tls = None;
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*name {
+                "replication_factor" => {
+                    replication_factor = value
                         .parse()
                         .ok()
                         .filter(|n| *n > 0)
                         .ok_or_else(|| bad("replication_factor must be a positive integer"))?;
                 }
-                _ => return Err(bad("unknown query parameter (replication_factor only)")),
+                "tls" => match &*value {
+                    "true" => tls = Some(tls.unwrap_or_default()),
+                    "false" => {}
+                    _ => return Err(bad("tls must be true or false")),
+                },
+                "tls_ca_file" if !value.is_empty() => {
+                    tls = Some(ScyllaTls {
+                        ca_file: Some(value.into_owned().into()),
+                    });
+                }
+                _ => {
+                    return Err(bad(
+                        "unknown query parameter (replication_factor, tls, tls_ca_file)",
+                    ));
+                }
             }
         }
         Ok(Self {
             nodes,
             keyspace: keyspace.to_owned(),
             replication_factor,
+            tls,
             credentials,
         })
     }
+}
+
+/// The driver's TLS context: OpenSSL's client defaults (peer verification on; the driver
+/// checks each node's certificate against the node's IP address), trusting `ca_file` when
+/// given, else the system's CAs. A CA file that cannot be read fails at start.
+fn tls_context(tls: &ScyllaTls) -> Result<OpenSsl010Config, SinkError> {
+    let tls_error = |e: &dyn std::fmt::Display| SinkError::Config(format!("scylla TLS: {e}"));
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| tls_error(&e))?;
+    if let Some(ca) = &tls.ca_file {
+        let fail = |e: &dyn std::fmt::Display| {
+            SinkError::Config(format!("{SCYLLA_TLS_CA_FILE_VAR} {}: {e}", ca.display()))
+        };
+        if !ca.is_file() {
+            return Err(fail(&"no such file"));
+        }
+        builder.set_ca_file(ca).map_err(|e| fail(&e))?;
+    }
+    Ok(OpenSsl010Config::new(builder))
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -283,10 +336,25 @@ impl ScyllaSink {
         if let Some((user, password)) = &target.credentials {
             builder = builder.user(user, password);
         }
-        let session = builder.build().await.map_err(|e| SinkError::Scylla {
-            message: format!("connecting to {:?}: {e}", target.nodes),
-            retryable: true,
-        })?;
+        if let Some(tls) = &target.tls {
+            builder = builder.tls_context(Some(tls_context(tls)?));
+        }
+        // The builder's own timeout covers the TCP connect only; a node that accepts and
+        // then never answers (a TLS client at a plain-text port, a stuck proxy) would
+        // hold the start forever.
+        let session = tokio::time::timeout(START_TIMEOUT, builder.build())
+            .await
+            .map_err(|_| SinkError::Scylla {
+                message: format!(
+                    "connecting to {:?}: no answer within {START_TIMEOUT:?} (TLS on one side only?)",
+                    target.nodes
+                ),
+                retryable: true,
+            })?
+            .map_err(|e| SinkError::Scylla {
+                message: format!("connecting to {:?}: {e}", target.nodes),
+                retryable: true,
+            })?;
         Ok(Self {
             session: Arc::new(session),
             target,
@@ -726,6 +794,42 @@ mod tests {
         }
         let e = ScyllaTarget::parse("scylla://u:s3cret@h/ks").unwrap_err();
         assert!(!e.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn tls_is_off_unless_asked_for_and_a_ca_file_implies_it() {
+        assert_eq!(ScyllaTarget::parse("scylla://h:9042/ks").unwrap().tls, None);
+        let t = ScyllaTarget::parse("scylla://h:9042/ks?tls=true").unwrap();
+        assert_eq!(t.tls, Some(ScyllaTls::default()));
+        let t =
+            ScyllaTarget::parse("scylla://h:9042/ks?tls_ca_file=%2Fetc%2Fscylla%20ca.pem").unwrap();
+        assert_eq!(
+            t.tls.and_then(|t| t.ca_file),
+            Some("/etc/scylla ca.pem".into())
+        );
+        assert!(ScyllaTarget::parse("scylla://h:9042/ks?tls=yes").is_err());
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_fails_at_start_naming_the_setting() {
+        let tls = ScyllaTls {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+        };
+        let e = tls_context(&tls).err().expect("refused").to_string();
+        assert!(
+            e.contains("PULSELINE_SCYLLA_TLS_CA_FILE /nonexistent/ca.pem"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("ca.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let e = tls_context(&ScyllaTls {
+            ca_file: Some(garbage),
+        })
+        .err()
+        .expect("refused");
+        assert!(matches!(e, SinkError::Config(_)), "{e}");
+        assert!(tls_context(&ScyllaTls::default()).is_ok(), "system CAs");
     }
 
     #[test]

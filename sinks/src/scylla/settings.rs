@@ -3,9 +3,14 @@
 //! the sink (and any reader), turned into the URL `crate::open` takes. Parsing never
 //! connects.
 
-use clap::{Args, ValueEnum};
+use std::path::PathBuf;
 
-use super::{SCYLLA_KEYSPACE_VAR, SCYLLA_REPLICATION_FACTOR_VAR, SCYLLA_URI_VAR};
+use clap::{ArgAction, Args, ValueEnum};
+
+use super::{
+    SCYLLA_KEYSPACE_VAR, SCYLLA_REPLICATION_FACTOR_VAR, SCYLLA_TLS_CA_FILE_VAR, SCYLLA_TLS_VAR,
+    SCYLLA_URI_VAR,
+};
 
 /// The engine holding the read models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -32,6 +37,13 @@ pub struct ReadStoreSettings {
     /// Replication factor of the keyspace when the migration creates it.
     #[arg(long, env = SCYLLA_REPLICATION_FACTOR_VAR, default_value_t = 3)]
     pub scylla_replication_factor: u32,
+    /// Connect over TLS, each node's certificate verified (against its IP address) with
+    /// the system's CAs or `--scylla-tls-ca-file`'s.
+    #[arg(long, env = SCYLLA_TLS_VAR, default_value_t = false, action = ArgAction::Set)]
+    pub scylla_tls: bool,
+    /// PEM file of the CA(s) the nodes' certificates chain to; implies TLS.
+    #[arg(long, env = SCYLLA_TLS_CA_FILE_VAR)]
+    pub scylla_tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for ReadStoreSettings {
@@ -41,6 +53,8 @@ impl Default for ReadStoreSettings {
             scylla_uri: "127.0.0.1:9042".into(),
             scylla_keyspace: "pulseline".into(),
             scylla_replication_factor: 3,
+            scylla_tls: false,
+            scylla_tls_ca_file: None,
         }
     }
 }
@@ -50,10 +64,22 @@ impl ReadStoreSettings {
     pub fn url(&self, postgres_url: &str) -> String {
         match self.read_store {
             ReadStoreKind::Postgres => postgres_url.to_owned(),
-            ReadStoreKind::Scylla => format!(
-                "scylla://{}/{}?replication_factor={}",
-                self.scylla_uri, self.scylla_keyspace, self.scylla_replication_factor
-            ),
+            ReadStoreKind::Scylla => {
+                let mut url = format!(
+                    "scylla://{}/{}?replication_factor={}",
+                    self.scylla_uri, self.scylla_keyspace, self.scylla_replication_factor
+                );
+                if self.scylla_tls {
+                    url.push_str("&tls=true");
+                }
+                if let Some(ca) = &self.scylla_tls_ca_file {
+                    let ca = ca.to_string_lossy();
+                    let encoded: String =
+                        url::form_urlencoded::byte_serialize(ca.as_bytes()).collect();
+                    url.push_str(&format!("&tls_ca_file={encoded}"));
+                }
+                url
+            }
         }
     }
 }
@@ -89,5 +115,22 @@ mod tests {
             "scylla://scylla:9042/pulseline?replication_factor=1"
         );
         assert!(super::super::ScyllaTarget::parse(&s.url("")).is_ok());
+    }
+
+    #[test]
+    fn tls_settings_reach_the_url() {
+        let s = Cli::parse_from([
+            "x",
+            "--read-store",
+            "scylla",
+            "--scylla-tls",
+            "true",
+            "--scylla-tls-ca-file",
+            "/etc/pulseline/scylla ca.pem",
+        ])
+        .store;
+        let target = super::super::ScyllaTarget::parse(&s.url("")).unwrap();
+        let tls = target.tls.expect("TLS on");
+        assert_eq!(tls.ca_file, Some("/etc/pulseline/scylla ca.pem".into()));
     }
 }
