@@ -12,9 +12,8 @@
 //!   `appliedSeq`), then the latest accepted sequences (at least the applied ones). An
 //!   answer may be newer than it says, never staler.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use pulseline_schemas::{AppliedSeqs, ReadModel, Stream};
