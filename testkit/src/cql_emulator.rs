@@ -279,3 +279,44 @@ impl TestCertificate {
         self.cert.to_pem().unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(text: &str) -> Vec<u8> {
+        let mut out = i32::try_from(text.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(text.as_bytes());
+        out
+    }
+
+    #[test]
+    fn range_restrictions_are_cut_and_named() {
+        let (cut_body, cut) = cut_ranges(&body(
+            "SELECT night, deleted FROM ks.sleep_night WHERE user_id = ?  AND night >= ?\n AND night <= ?",
+        ));
+        assert_eq!(
+            cut_body,
+            body("SELECT night, deleted FROM ks.sleep_night WHERE user_id = ?")
+        );
+        assert_eq!(cut, ["night", "night"]);
+        let (_, cut) = cut_ranges(&body(
+            "SELECT b FROM ks.t WHERE a = ? AND b > ? AND b < ? LIMIT 5",
+        ));
+        assert_eq!(cut, ["b", "b"]);
+    }
+
+    #[test]
+    fn other_statements_pass_unchanged() {
+        for text in [
+            "SELECT a FROM ks.t WHERE a = ? AND b = ?",
+            "INSERT INTO ks.t (a, b) VALUES (?, ?)",
+            "SELECT a FROM ks.t WHERE a >= 'x'",
+        ] {
+            assert_eq!(cut_ranges(&body(text)), (body(text), Vec::new()), "{text}");
+        }
+        // Not a long string of the stated length: left to the engine to refuse.
+        let odd = b"\x00\x00\x00\x09short".to_vec();
+        assert_eq!(cut_ranges(&odd), (odd.clone(), Vec::new()));
+    }
+}
