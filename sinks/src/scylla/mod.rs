@@ -602,8 +602,8 @@ impl ScyllaSink {
         })
     }
 
-    /// One user's rows of `M`, read page by page (`page_size` rows a page): what the
-    /// query API reads, and the emulator tests' check of paging.
+    /// One user's rows of `M`, every column, read page by page (`page_size` rows a page):
+    /// the tests' view of what was written, and their check of paging.
     pub async fn user_rows<M: CqlReadModel>(
         &self,
         user: Uuid,
@@ -617,27 +617,9 @@ impl ScyllaSink {
             self.target.keyspace,
             M::TABLE
         );
-        let mut statement = self.prepare(cql).await?;
-        statement.set_page_size(page_size.max(1));
-        let fail = |e: &dyn std::fmt::Display| SinkError::Scylla {
-            message: format!("reading {} rows: {e}", M::NAME),
-            retryable: true,
-        };
-        let pager = self
-            .session
-            .execute_iter(statement, (user,))
-            .await
-            .map_err(|e| fail(&e))?;
-        pager
-            .rows_stream::<scylla::value::Row>()
-            .map_err(|e| fail(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| fail(&e))
+        self.select_paged(&cql, (user,), page_size).await
     }
-}
 
-impl ScyllaSink {
     /// Every row a read selects, page by page (`READ_PAGE_ROWS` a page), as `T`: the query
     /// API's reads. `cql` is prepared on first use and kept; a read is not retried (the
     /// caller answers 503 and its client retries).
@@ -645,8 +627,21 @@ impl ScyllaSink {
     where
         T: for<'f, 'm> DeserializeRow<'f, 'm>,
     {
+        self.select_paged(cql, values, READ_PAGE_ROWS).await
+    }
+
+    /// `select` with `page_size` rows a page.
+    pub async fn select_paged<T>(
+        &self,
+        cql: &str,
+        values: impl SerializeRow,
+        page_size: i32,
+    ) -> Result<Vec<T>, SinkError>
+    where
+        T: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
         let started = Instant::now();
-        let out = self.select_unmetered(cql, values).await;
+        let out = self.select_unmetered(cql, values, page_size).await;
         self.metrics
             .seconds
             .with_label_values(&["read"])
@@ -663,6 +658,7 @@ impl ScyllaSink {
         &self,
         cql: &str,
         values: impl SerializeRow,
+        page_size: i32,
     ) -> Result<Vec<T>, SinkError>
     where
         T: for<'f, 'm> DeserializeRow<'f, 'm>,
@@ -673,11 +669,10 @@ impl ScyllaSink {
             .unwrap_or_else(|p| p.into_inner())
             .get(cql)
             .cloned();
-        let statement = match cached {
+        let mut statement = match cached {
             Some(s) => s,
             None => {
-                let mut s = self.prepare(cql.to_owned()).await?;
-                s.set_page_size(READ_PAGE_ROWS);
+                let s = self.prepare(cql.to_owned()).await?;
                 self.reads
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -685,6 +680,7 @@ impl ScyllaSink {
                 s
             }
         };
+        statement.set_page_size(page_size.max(1));
         let fail = |e: &dyn std::fmt::Display| SinkError::Scylla {
             message: format!("read: {e}"),
             retryable: true,
