@@ -434,10 +434,7 @@ async fn timeout_and_memory_limits_name_the_limit() {
     .await;
     let (status, body) = f
         .sql(
-            // Billions of pairs (far more than a second of work) from a build side of
-            // 400 kB, well under the memory limit: with 100,000 rows a side the join's
-            // buffers sometimes reached the 1 MiB limit first (SQL_MEMORY_LIMIT).
-            "SELECT count(*) FROM generate_series(1, 50000) a, generate_series(1, 50000) b \
+            "SELECT count(*) FROM generate_series(1, 100000) a, generate_series(1, 100000) b \
              WHERE a.value + b.value = 3",
         )
         .await;
