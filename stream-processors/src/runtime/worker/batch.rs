@@ -118,7 +118,12 @@ impl Worker {
     /// Decodes the batch's records (registry lookups are cached after the first of each
     /// schema); records that can never be inputs become dead letters. A registry outage is
     /// an error: the batch is retried, nothing is skipped.
-    fn decode(&self, batch: &[OwnedMessage]) -> Result<Decoded, RuntimeError> {
+    fn decode(&mut self, batch: &[OwnedMessage]) -> Result<Decoded, RuntimeError> {
+        let decoders = match self.decoders.take() {
+            Some(d) => d,
+            None => self.rt.block_on(InputDecoders::new(&self.codec))?,
+        };
+        let decoders = &*self.decoders.insert(decoders);
         let codec = &self.codec;
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
@@ -153,18 +158,31 @@ impl Worker {
                 ));
                 continue;
             };
-            let decoded = self.rt.block_on(async {
-                match stream {
-                    Stream::Samples => codec
-                        .decode::<SampleChange>(payload)
-                        .await
-                        .map(Input::Sample),
-                    Stream::Events => codec
-                        .decode::<UserEventChange>(payload)
-                        .await
-                        .map(Input::Event),
-                }
-            });
+            // Records in the compiled-in schemas decode directly; others (an older writer)
+            // through the registry and schema resolution.
+            let direct = match stream {
+                Stream::Samples => decoders
+                    .samples
+                    .decode(payload)
+                    .map(|r| r.map(Input::Sample)),
+                Stream::Events => decoders.events.decode(payload).map(|r| r.map(Input::Event)),
+            };
+            let decoded = match direct {
+                Ok(Some(input)) => Ok(input),
+                Err(e) => Err(e),
+                Ok(None) => self.rt.block_on(async {
+                    match stream {
+                        Stream::Samples => codec
+                            .decode::<SampleChange>(payload)
+                            .await
+                            .map(Input::Sample),
+                        Stream::Events => codec
+                            .decode::<UserEventChange>(payload)
+                            .await
+                            .map(Input::Event),
+                    }
+                }),
+            };
             match decoded {
                 Ok(input) => inputs.push((i, input)),
                 Err(e) if e.is_retryable() => return Err(e.into()),

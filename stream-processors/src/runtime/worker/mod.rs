@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use pulseline_schemas::dead_letter::{DeadLetterHeaders, reason, stage};
 use pulseline_schemas::records::{SampleChange, UserEventChange};
+use pulseline_schemas::wire::RecordDecoder;
 use pulseline_schemas::{AvroCodec, topics};
 use pulseline_service::Backoff;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -63,6 +64,21 @@ type Tasks = Vec<Box<dyn DynTask>>;
 /// A revoked partition's tasks and the changelog ends seen at revocation.
 type Standby = (Tasks, Vec<i64>);
 
+/// The inputs' decoders for records written with the compiled-in schemas.
+struct InputDecoders {
+    samples: RecordDecoder<SampleChange>,
+    events: RecordDecoder<UserEventChange>,
+}
+
+impl InputDecoders {
+    async fn new(codec: &AvroCodec) -> Result<Self, pulseline_schemas::Error> {
+        Ok(Self {
+            samples: codec.decoder_for().await?,
+            events: codec.decoder_for().await?,
+        })
+    }
+}
+
 /// Why the loop stopped processing a batch without a normal error path.
 enum Stop {
     /// Test fault: vanish mid-transaction, as a SIGKILL would.
@@ -75,6 +91,8 @@ pub(crate) struct Worker {
     engine: EngineConfig,
     rt: tokio::runtime::Runtime,
     codec: AvroCodec,
+    /// Made on the first batch (they need the registry).
+    decoders: Option<InputDecoders>,
     consumer: BaseConsumer<GroupContext>,
     producer: ThreadedProducer<DeliveryContext>,
     topics: Topics,
@@ -187,6 +205,7 @@ impl Worker {
             engine,
             rt,
             codec,
+            decoders: None,
             consumer,
             producer,
             topics: Topics {
