@@ -126,17 +126,17 @@ impl Worker {
         let decoders = &*self.decoders.insert(decoders);
         let codec = &self.codec;
         let mut dead: Vec<DeadLetter> = Vec::new();
-        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        // Per topic-partition: the offset after its last record, and the records counted
+        // (borrowed keys: nothing is allocated per record for the bookkeeping).
+        let mut ends: BTreeMap<(&str, i32), (i64, u64)> = BTreeMap::new();
         let mut inputs: Vec<(usize, Input)> = Vec::with_capacity(batch.len());
         for (i, m) in batch.iter().enumerate() {
-            offsets.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
-            self.metrics
-                .records_in
-                .with_label_values(&[m.topic()])
-                .inc();
-            if self
-                .poison
-                .contains(&(m.topic().to_owned(), m.partition(), m.offset()))
+            let end = ends.entry((m.topic(), m.partition())).or_default();
+            *end = (m.offset() + 1, end.1 + 1);
+            if !self.poison.is_empty()
+                && self
+                    .poison
+                    .contains(&(m.topic().to_owned(), m.partition(), m.offset()))
             {
                 dead.push(DeadLetter::of(
                     m,
@@ -190,6 +190,14 @@ impl Worker {
             }
         }
 
+        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for ((topic, partition), (next, records)) in ends {
+            self.metrics
+                .records_in
+                .with_label_values(&[topic])
+                .inc_by(records);
+            offsets.insert((topic.to_owned(), partition), next);
+        }
         Ok(Decoded {
             inputs,
             dead,
@@ -205,6 +213,8 @@ impl Worker {
         inputs: &[(usize, Input)],
         dead: &mut Vec<DeadLetter>,
     ) -> Result<(), RuntimeError> {
+        // Per processor: records applied and skipped as duplicates (counted once a batch).
+        let mut counts = vec![(0u64, 0u64); self.processors.len()];
         for (i, input) in inputs {
             let m = &batch[*i];
             let tasks = self.partitions.get_mut(&m.partition()).ok_or_else(|| {
@@ -231,18 +241,8 @@ impl Worker {
                             offset: m.offset(),
                         });
                     }
-                    Ok(Outcome::Applied) => {
-                        self.metrics
-                            .records_applied
-                            .with_label_values(&[name])
-                            .inc();
-                    }
-                    Ok(Outcome::Duplicate) => {
-                        self.metrics
-                            .records_skipped
-                            .with_label_values(&[name])
-                            .inc();
-                    }
+                    Ok(Outcome::Applied) => counts[p].0 += 1,
+                    Ok(Outcome::Duplicate) => counts[p].1 += 1,
                     Ok(Outcome::NotAnInput) => {}
                     Ok(Outcome::TooLate) => dead.push(DeadLetter::of(
                         m,
@@ -255,6 +255,17 @@ impl Worker {
                     }
                 }
             }
+        }
+        for (processor, (applied, skipped)) in self.processors.iter().zip(counts) {
+            let name = [processor.name()];
+            self.metrics
+                .records_applied
+                .with_label_values(&name)
+                .inc_by(applied);
+            self.metrics
+                .records_skipped
+                .with_label_values(&name)
+                .inc_by(skipped);
         }
 
         Ok(())
