@@ -126,22 +126,23 @@ impl AvroCodec {
     /// as [`Self::encode`]; [`RecordEncoder::encode`] then does no lookup, lock or schema
     /// copy per record. Its bytes equal `encode`'s.
     pub async fn encoder_for<R: AvroRecord>(&self) -> Result<RecordEncoder<R>, Error> {
-        self.seed().await?;
-        let strategy = self.strategy::<R>();
-        let subject = strategy.get_subject()?;
-        let registered = self.encoder.get_schema_and_id(&subject, strategy).await?;
-        RecordEncoder::new(registered.id)
+        RecordEncoder::new(self.schema_id::<R>().await?)
     }
 
     /// A synchronous decoder for records written with `R`'s own compiled-in schema (the
     /// schema id is looked up once, here, like [`Self::encoder_for`]); records written with
     /// another version of the schema still go through [`Self::decode`].
     pub async fn decoder_for<R: AvroRecord>(&self) -> Result<RecordDecoder<R>, Error> {
+        RecordDecoder::new(self.schema_id::<R>().await?)
+    }
+
+    /// The registry id of `R`'s compiled-in schema under its subject (registered on first
+    /// use).
+    async fn schema_id<R: AvroRecord>(&self) -> Result<u32, Error> {
         self.seed().await?;
         let strategy = self.strategy::<R>();
         let subject = strategy.get_subject()?;
-        let registered = self.encoder.get_schema_and_id(&subject, strategy).await?;
-        RecordDecoder::new(registered.id)
+        Ok(self.encoder.get_schema_and_id(&subject, strategy).await?.id)
     }
 
     /// Decodes a record written by any registered (compatible) version of `R`'s schema.
