@@ -115,9 +115,9 @@ impl Worker {
         Ok(Ok(()))
     }
 
-    /// Decodes the batch's records (registry lookups are cached after the first of each
-    /// schema); records that can never be inputs become dead letters. A registry outage is
-    /// an error: the batch is retried, nothing is skipped.
+    /// Decodes the batch's records (see `decode_input`); records that can never be inputs
+    /// become dead letters. A registry outage is an error: the batch is retried, nothing is
+    /// skipped.
     fn decode(&mut self, batch: &[OwnedMessage]) -> Result<Decoded, RuntimeError> {
         let decoders = match self.decoders.take() {
             Some(d) => d,
@@ -158,30 +158,13 @@ impl Worker {
                 ));
                 continue;
             };
-            // Records in the compiled-in schemas decode directly; others (an older writer)
-            // through the registry and schema resolution.
-            let direct = match stream {
-                Stream::Samples => decoders
-                    .samples
-                    .decode(payload)
-                    .map(|r| r.map(Input::Sample)),
-                Stream::Events => decoders.events.decode(payload).map(|r| r.map(Input::Event)),
-            };
-            let decoded = match direct {
-                Ok(Some(input)) => Ok(input),
-                Err(e) => Err(e),
-                Ok(None) => self.rt.block_on(async {
-                    match stream {
-                        Stream::Samples => codec
-                            .decode::<SampleChange>(payload)
-                            .await
-                            .map(Input::Sample),
-                        Stream::Events => codec
-                            .decode::<UserEventChange>(payload)
-                            .await
-                            .map(Input::Event),
-                    }
-                }),
+            let decoded = match stream {
+                Stream::Samples => {
+                    decode_input(&self.rt, codec, &decoders.samples, payload).map(Input::Sample)
+                }
+                Stream::Events => {
+                    decode_input(&self.rt, codec, &decoders.events, payload).map(Input::Event)
+                }
             };
             match decoded {
                 Ok(input) => inputs.push((i, input)),
@@ -482,5 +465,20 @@ impl Worker {
             record = record.payload(v);
         }
         self.send(record)
+    }
+}
+
+/// One input record: directly when written with the compiled-in schema, otherwise (an
+/// older writer) through the registry, whose lookups are cached after the first of each
+/// schema, and schema resolution.
+fn decode_input<R: AvroRecord>(
+    rt: &tokio::runtime::Runtime,
+    codec: &AvroCodec,
+    decoder: &RecordDecoder<R>,
+    payload: &[u8],
+) -> Result<R, pulseline_schemas::Error> {
+    match decoder.decode(payload)? {
+        Some(record) => Ok(record),
+        None => rt.block_on(codec.decode::<R>(payload)),
     }
 }

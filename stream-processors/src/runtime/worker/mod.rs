@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pulseline_schemas::dead_letter::{DeadLetterHeaders, reason, stage};
-use pulseline_schemas::records::{SampleChange, UserEventChange};
+use pulseline_schemas::records::{AvroRecord, SampleChange, UserEventChange};
 use pulseline_schemas::wire::RecordDecoder;
 use pulseline_schemas::{AvroCodec, topics};
 use pulseline_service::Backoff;
