@@ -625,8 +625,10 @@ async fn postgres_restarted_under_the_sink_ends_equal_to_what_was_produced() {
 
     for restart in 1..=RESTARTS {
         // New records for the sink to work through (one transaction: all visible at once,
-        // many batches of 20 for the sink), then a restart while it is at it.
-        let users: Vec<Uuid> = (0..24).map(|_| Uuid::new_v4()).collect();
+        // many batches of 20 for the sink), then a restart while it is at it. Enough of
+        // them that the sink cannot finish between its first commit being seen and the
+        // restart (with 24 users, ~670 records, it once had, under a full test run).
+        let users: Vec<Uuid> = (0..96).map(|_| Uuid::new_v4()).collect();
         let more = workload(&mut rng, &users, 10);
         let before = h.stored_offsets().await;
         producer.transaction(&more, true).await;
