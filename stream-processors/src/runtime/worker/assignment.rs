@@ -59,7 +59,8 @@ impl Worker {
                 _ => to_restore.push(p),
             }
         }
-        self.restore(&to_restore)
+        self.restore(&to_restore)?;
+        self.rewind(&to_restore)
     }
 
     pub(super) fn changelog_ends(&self, partition: i32) -> Result<Vec<i64>, RuntimeError> {

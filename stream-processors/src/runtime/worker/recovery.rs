@@ -47,7 +47,7 @@ impl Worker {
         self.refresh_positions()?;
         let numbers: Vec<i32> = self.assigned_numbers().into_iter().collect();
         self.restore(&numbers)?;
-        self.rewind()
+        self.rewind(&numbers)
     }
 
     /// Aborts the open transaction. An abort that times out is resumed by calling it again
@@ -88,19 +88,26 @@ impl Worker {
         Ok(())
     }
 
-    pub(super) fn rewind(&mut self) -> Result<(), RuntimeError> {
-        let committed = self.consumer.committed(CALL_TIMEOUT)?;
-        self.note_committed(&committed);
-        for e in committed.elements() {
-            let offset = match e.offset() {
-                Offset::Offset(o) => Offset::Offset(o),
+    /// Seeks the assigned input partitions numbered `partitions` to `positions`: the
+    /// committed offsets their state was just restored for. Not to a fresh read of the
+    /// committed offsets: a transaction of a killed instance that completes on the broker
+    /// in between would move them past the restored state, and its records would be
+    /// skipped (restoring too little and re-reading is safe: inputs are deduplicated by
+    /// change id).
+    pub(super) fn rewind(&mut self, partitions: &[i32]) -> Result<(), RuntimeError> {
+        for (topic, partition) in &self.assigned {
+            if !partitions.contains(partition) {
+                continue;
+            }
+            let offset = match self.positions.get(&(topic.clone(), *partition)) {
+                Some(&o) if o >= 0 => Offset::Offset(o),
                 _ => match self.cfg.auto_offset_reset {
                     OffsetReset::Earliest => Offset::Beginning,
                     OffsetReset::Latest => Offset::End,
                 },
             };
             self.consumer
-                .seek(e.topic(), e.partition(), offset, CALL_TIMEOUT)?;
+                .seek(topic, *partition, offset, CALL_TIMEOUT)?;
         }
         Ok(())
     }
