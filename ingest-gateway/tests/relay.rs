@@ -630,7 +630,8 @@ async fn republish_puts_current_rows_back_with_their_change_ids() {
         [(1, 1, 0), (1, 1, 1), (1, 2, 0), (2, 1, 0), (2, 2, 0)]
     );
 
-    // The republished records carry the rows' current content; deletions only the key.
+    // The republished records carry the rows' current content; deletions, as the gateway
+    // writes them, the key, the metric or type and product, the times and no values.
     let last_of_u: BTreeMap<ChangeKey, &OutboxRecord> = published
         .iter()
         .filter(|p| p.key == u.to_string())
@@ -641,11 +642,12 @@ async fn republish_puts_current_rows_back_with_their_change_ids() {
             OutboxRecord::Sample(s) if s.source_record_id == "c" => {
                 assert_eq!(s.operation, Operation::Delete);
                 assert_eq!(
-                    (s.value, s.end_at, s.metadata_json.as_deref()),
+                    (s.value, s.unit.as_deref(), s.metadata_json.as_deref()),
                     (None, None, None)
                 );
                 assert_eq!(s.metric, "heart_rate");
                 assert_eq!(s.start_at, 1_709_280_000_000_000 + 1_200_000_000);
+                assert_eq!(s.end_at, Some(s.start_at));
             }
             OutboxRecord::Sample(s) => {
                 assert_eq!(s.operation, Operation::Upsert);
@@ -662,8 +664,9 @@ async fn republish_puts_current_rows_back_with_their_change_ids() {
                 assert_eq!(e.operation, Operation::Delete);
                 assert_eq!(
                     (e.product_id.as_deref(), e.attributes_json.as_deref()),
-                    (None, None)
+                    (Some("espresso"), None)
                 );
+                assert_eq!(e.event_type, "caffeine");
             }
             OutboxRecord::Event(e) => {
                 assert_eq!(e.operation, Operation::Upsert);

@@ -10,7 +10,7 @@ use pulseline_stream_processors::Input;
 use pulseline_stream_processors::processors::{ProductImpacts, SessionImpacts};
 use pulseline_stream_processors::testing::{
     CheckOptions, ImpactGen, ProductImpactsOracle, SessionImpactsOracle, check_against_oracle,
-    impact_oracle,
+    check_lost_items_are_cleared, impact_oracle,
 };
 
 fn changes(seed: u64, n: usize) -> Vec<Input> {
@@ -109,4 +109,27 @@ fn the_generated_streams_cover_the_cases() {
         events >= 20 && events * 10 < inputs.len(),
         "{events} events"
     );
+}
+
+/// After a broker lost records, republished deletions clear the rows of events and samples
+/// the restored state never saw.
+#[test]
+fn deletions_of_items_the_state_lost_clear_their_rows() {
+    for seed in 0..12 {
+        let changes = changes(500 + seed, 500);
+        for every in [2, 5] {
+            check_lost_items_are_cleared(
+                SessionImpacts::default,
+                &changes,
+                &SessionImpactsOracle,
+                every,
+            );
+            check_lost_items_are_cleared(
+                ProductImpacts::default,
+                &changes,
+                &ProductImpactsOracle,
+                every,
+            );
+        }
+    }
 }

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use pulseline_stream_processors::Input;
 use pulseline_stream_processors::processors::Rollups;
 use pulseline_stream_processors::testing::{
-    CheckOptions, Gen, RollupsOracle, check_against_oracle,
+    CheckOptions, Gen, RollupsOracle, check_against_oracle, check_lost_items_are_cleared,
 };
 
 fn run(seed: u64, n: usize, max_batch: usize, restart_every: Option<usize>, abort_percent: u32) {
@@ -72,4 +72,20 @@ fn the_generator_publishes_requests_of_several_items() {
         .map(|c| (c.change_seq, c.change_index))
         .collect();
     assert!(ids.windows(2).filter(|w| w[1] > w[0]).count() > ids.len() / 2);
+}
+
+/// After a broker lost records, republished deletions clear the rows of samples the
+/// restored state never saw.
+#[test]
+fn deletions_of_samples_the_state_lost_clear_their_rows() {
+    for seed in 0..12 {
+        let changes: Vec<Input> = Gen::new(500 + seed)
+            .stream(&["user-a", "user-b"], 600)
+            .into_iter()
+            .map(Input::Sample)
+            .collect();
+        for every in [2, 5] {
+            check_lost_items_are_cleared(Rollups::default, &changes, &RollupsOracle, every);
+        }
+    }
 }

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use pulseline_stream_processors::Input;
 use pulseline_stream_processors::processors::SleepNights;
 use pulseline_stream_processors::testing::{
-    CheckOptions, SleepGen, SleepOracle, check_against_oracle,
+    CheckOptions, SleepGen, SleepOracle, check_against_oracle, check_lost_items_are_cleared,
 };
 
 fn changes(seed: u64, n: usize) -> Vec<Input> {
@@ -101,4 +101,16 @@ fn the_generated_nights_cover_the_cases() {
             .any(|s| s.operation == pulseline_schemas::Operation::Delete),
         "deletions"
     );
+}
+
+/// After a broker lost records, republished deletions clear the nights of samples the
+/// restored state never saw.
+#[test]
+fn deletions_of_samples_the_state_lost_clear_their_nights() {
+    for seed in 0..12 {
+        let changes = changes(500 + seed, 600);
+        for every in [2, 5] {
+            check_lost_items_are_cleared(SleepNights::default, &changes, &SleepOracle, every);
+        }
+    }
 }

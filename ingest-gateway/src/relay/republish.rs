@@ -1,8 +1,10 @@
 //! `republish`: rebuilds outbox rows from Postgres, the system of record, for when the
 //! broker lost data or a new environment needs seeding.
 //!
-//! It re-enqueues the CURRENT content of `sample` and `user_event` (soft-deleted rows as
-//! DELETE records carrying only the natural key and metric/type). By default with their
+//! It re-enqueues the CURRENT content of `sample` and `user_event`, soft-deleted rows as
+//! DELETE records shaped as the gateway wrote them (the key, the metric or the event's type,
+//! product and times, no values), so a processor can find the rows a deletion ends even
+//! where its state lost the item. By default with their
 //! stored change ids, so downstream, which dedups by change id, treats them as the changes
 //! it may already have applied; then it never changes `sample`, `user_event` or any
 //! sequence. With `ChangeIds::Renew` it accepts the current content again instead: each
@@ -212,7 +214,7 @@ impl SampleRow {
             source_record_id: self.source_record_id,
             start_at: self.start_at.timestamp_micros(),
             metric: self.metric,
-            end_at: (!deleted).then(|| self.end_at.timestamp_micros()),
+            end_at: Some(self.end_at.timestamp_micros()),
             tz_offset_minutes: self.tz_offset_minutes,
             value: self.value.filter(|_| !deleted),
             unit: self.unit.filter(|_| !deleted),
@@ -298,12 +300,9 @@ impl EventRow {
             },
             event_id: self.event_id,
             event_type: self.event_type,
-            product_id: self.product_id.filter(|_| !deleted),
+            product_id: self.product_id,
             start_at: self.start_at.timestamp_micros(),
-            end_at: self
-                .end_at
-                .filter(|_| !deleted)
-                .map(|t| t.timestamp_micros()),
+            end_at: self.end_at.map(|t| t.timestamp_micros()),
             tz_offset_minutes: self.tz_offset_minutes,
             attributes_json: self.attributes.filter(|_| !deleted),
             accepted_at: self.accepted_at.timestamp_micros(),

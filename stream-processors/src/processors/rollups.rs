@@ -24,10 +24,10 @@ mod state;
 use std::collections::BTreeMap;
 
 use chrono::{Datelike, NaiveDate};
-use pulseline_schemas::records::{Period, RollupKey, RollupUpsert};
+use pulseline_schemas::records::{Period, RollupKey, RollupUpsert, SampleChange};
 use pulseline_schemas::{Aggregation, Catalog, Operation, ValueKind};
 
-use self::compute::{Bucket, PointKind};
+use self::compute::{Bucket, PointKind, local_hour};
 pub use self::state::RollupState;
 use self::state::{Sample, SampleKey};
 use super::priority::SourcePriority;
@@ -68,10 +68,18 @@ impl Rollups {
     }
 
     /// Removes the live sample with `key` (any metric), touching the rows it was in.
-    fn remove(&self, ctx: &mut Context<'_, RollupKey>, state: &mut RollupState, key: &SampleKey) {
-        if let Some(old) = state.take(key) {
-            self.touch(ctx, state, &old);
-        }
+    /// Returns whether the state held it.
+    fn remove(
+        &self,
+        ctx: &mut Context<'_, RollupKey>,
+        state: &mut RollupState,
+        key: &SampleKey,
+    ) -> bool {
+        let Some(old) = state.take(key) else {
+            return false;
+        };
+        self.touch(ctx, state, &old);
+        true
     }
 
     /// Touches every hour row, and the day rows, that `s` can change.
@@ -80,16 +88,55 @@ impl Rollups {
             return;
         };
         let (first, last) = series.hours_touched(s, self.is_cumulative(&s.metric));
+        self.touch_hours(ctx, &s.metric, first, last);
+    }
+
+    /// A deletion of a sample the state does not hold still touches the rows it could have
+    /// changed, as if it were held (under its own offset too, which the state may never
+    /// have seen). Normally there are none; but after a broker lost records, the read model
+    /// can hold rows of samples the restored state never saw (the changelog and the output
+    /// topic lose different records), and the repair, a republish of every item with its
+    /// deletions, must clear them.
+    fn touch_lost(&self, ctx: &mut Context<'_, RollupKey>, state: &RollupState, s: &SampleChange) {
+        if self.aggregation(&s.metric).is_none() {
+            return;
+        }
+        let lost = Sample {
+            metric: s.metric.clone(),
+            source_id: s.source_id.clone(),
+            source_record_id: s.source_record_id.clone(),
+            device_type: s.device_type.clone(),
+            start: s.start_at,
+            end: s.end_at.unwrap_or(s.start_at).max(s.start_at),
+            tz_minutes: s.tz_offset_minutes,
+            value: 0.0,
+        };
+        let cumulative = self.is_cumulative(&s.metric);
+        let last_instant = if cumulative && lost.end > lost.start {
+            lost.end - 1
+        } else {
+            lost.start
+        };
+        let tz = lost.tz_minutes;
+        let (mut first, mut last) = (local_hour(lost.start, tz), local_hour(last_instant, tz));
+        if let Some(series) = state.series(&s.metric) {
+            let (f, l) = series.hours_touched(&lost, cumulative);
+            (first, last) = (first.min(f), last.max(l));
+        }
+        self.touch_hours(ctx, &s.metric, first, last);
+    }
+
+    fn touch_hours(&self, ctx: &mut Context<'_, RollupKey>, metric: &str, first: i64, last: i64) {
         for hour in first..=last {
             ctx.touch(RollupKey {
-                metric: s.metric.clone(),
+                metric: metric.to_owned(),
                 period: Period::Hour,
                 bucket_start: hour_start(hour),
             });
         }
         for day in first.div_euclid(24)..=last.div_euclid(24) {
             ctx.touch(RollupKey {
-                metric: s.metric.clone(),
+                metric: metric.to_owned(),
                 period: Period::Day,
                 bucket_start: day_start(day),
             });
@@ -192,7 +239,9 @@ impl Processor for Rollups {
         };
         let key: SampleKey = (s.start_at, s.source_id.clone(), s.source_record_id.clone());
         if s.operation == Operation::Delete {
-            self.remove(ctx, state, &key);
+            if !self.remove(ctx, state, &key) {
+                self.touch_lost(ctx, state, s);
+            }
             return Ok(());
         }
         let def = self.catalog.metric(&s.metric).map_err(|_| {

@@ -45,7 +45,7 @@ use chrono::NaiveDate;
 use pulseline_schemas::Operation;
 use pulseline_schemas::records::SleepNightUpsert;
 
-use self::night::{MIN_ASLEEP, MINUTE, Session, Stage, StageSample, minutes, resolve};
+use self::night::{MIN_ASLEEP, MINUTE, Session, Stage, StageSample, local_date, minutes, resolve};
 use self::state::SampleKey;
 pub use self::state::SleepState;
 use super::priority::SourcePriority;
@@ -200,13 +200,27 @@ impl Processor for SleepNights {
             None
         };
         let old = state.get(&key).cloned();
-        if old.is_none() && new.is_none() {
+        // A deletion of a sample the state does not hold stands in for it with its own span
+        // and renders the night it could have ended: after a broker lost records, the read
+        // model can hold a night whose samples the restored state never saw (the changelog
+        // and the output topic lose different records), and the repair, a republish of
+        // every item with its deletions, must clear it.
+        let lost = match (&old, s.operation, s.end_at) {
+            (None, Operation::Delete, Some(end)) if s.metric == METRIC => {
+                ctx.touch(local_date(end, s.tz_offset_minutes));
+                Some((s.start_at, end))
+            }
+            _ => None,
+        };
+        if old.is_none() && new.is_none() && lost.is_none() {
             return Ok(());
         }
-        // The sessions around the old and the new interval, before the change (sessions
-        // the new sample merges end elsewhere afterwards) and after it (the pieces a
-        // removal leaves behind, the session the new sample joins).
-        let spans: Vec<(i64, i64)> = old.iter().chain(&new).map(|s| (s.start, s.end)).collect();
+        let spans: Vec<(i64, i64)> = old
+            .iter()
+            .chain(&new)
+            .map(|s| (s.start, s.end))
+            .chain(lost)
+            .collect();
         for &(from, to) in &spans {
             self.touch_sessions(ctx, state, from, to);
         }

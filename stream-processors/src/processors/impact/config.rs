@@ -79,6 +79,10 @@ impl ImpactConfig {
         self
     }
 
+    pub fn metrics(&self) -> impl Iterator<Item = &String> {
+        self.metrics.iter()
+    }
+
     pub fn tracks(&self, metric: &str) -> bool {
         self.metrics.iter().any(|m| m == metric)
     }

@@ -40,6 +40,18 @@ pub(crate) struct EventDef {
 pub(crate) type Group = (String, Option<String>);
 
 impl EventDef {
+    /// The definition a record carries (an upsert's, or a deletion's last content).
+    fn of(e: &UserEventChange) -> Self {
+        Self {
+            event_type: e.event_type.clone(),
+            product_id: e.product_id.clone(),
+            start: e.start_at,
+            end: e.end_at.unwrap_or(e.start_at),
+            has_end: e.end_at.is_some(),
+            tz_minutes: e.tz_offset_minutes,
+        }
+    }
+
     pub fn group(&self) -> Group {
         (self.event_type.clone(), self.product_id.clone())
     }
@@ -196,7 +208,12 @@ impl ImpactState {
         };
         let old = self.samples.get(&key).cloned();
         let mut affected = Affected::default();
-        let metrics: BTreeSet<&str> = old.iter().chain(&new).map(|r| r.metric.as_str()).collect();
+        let mut metrics: BTreeSet<&str> =
+            old.iter().chain(&new).map(|r| r.metric.as_str()).collect();
+        if s.operation == Operation::Delete && cfg.tracks(&s.metric) {
+            // Even one the state does not hold: see `apply_event`.
+            metrics.insert(&s.metric);
+        }
         if metrics.is_empty() {
             return Ok(affected);
         }
@@ -226,21 +243,22 @@ impl ImpactState {
         let new = match e.operation {
             Operation::Delete => None,
             Operation::Upsert => {
-                let end = e.end_at.unwrap_or(e.start_at);
-                if end < e.start_at {
+                if e.end_at.is_some_and(|end| end < e.start_at) {
                     return Err(Rejection::new("INVALID_INTERVAL", "endAt before startAt"));
                 }
-                Some(EventDef {
-                    event_type: e.event_type.clone(),
-                    product_id: e.product_id.clone(),
-                    start: e.start_at,
-                    end,
-                    has_end: e.end_at.is_some(),
-                    tz_minutes: e.tz_offset_minutes,
-                })
+                Some(EventDef::of(e))
             }
         };
         let old = self.events.get(&e.event_id).cloned();
+        // A deletion of an event the state does not hold stands in for it with the
+        // definition its record carries (the gateway's deletions carry the event's type,
+        // product and times). Normally such a deletion alters nothing; but after a broker
+        // lost records, the read model can hold rows of an event the restored state never
+        // saw or already deleted (the changelog and the output topic lose different
+        // records), and the repair, a republish of every item with its deletions, must
+        // render them again: its sessions of every compared metric (the samples that fed
+        // them may be lost too), its groups, its neighbours' isolation and `asOf`.
+        let lost = (old.is_none() && e.operation == Operation::Delete).then(|| EventDef::of(e));
         let mut affected = Affected::default();
         // Its own sessions, under the old and the new definition.
         for def in old.iter().chain(&new) {
@@ -249,15 +267,22 @@ impl ImpactState {
                 affected.groups.insert((def.group(), m));
             }
         }
+        if let Some(def) = &lost {
+            for m in cfg.metrics() {
+                affected.sessions.insert((e.event_id.clone(), m.clone()));
+                affected.groups.insert((def.group(), m.clone()));
+            }
+        }
         // Events whose isolation its old or new start can change.
-        for t in old.iter().chain(&new).map(|d| d.start) {
+        for t in old.iter().chain(&new).chain(&lost).map(|d| d.start) {
             for (id, other) in self.events_spanning(cfg, t) {
                 if *id != e.event_id {
                     self.add_all(cfg, &mut affected, id, other);
                 }
             }
         }
-        let before = self.as_of();
+        // A lost event may have been the latest: `asOf` may move back from its start.
+        let before = self.as_of().max(lost.map(|d| d.start));
         if let Some(def) = &old {
             self.by_start.remove(&(def.start, e.event_id.clone()));
             self.by_end.remove(&(def.end, e.event_id.clone()));

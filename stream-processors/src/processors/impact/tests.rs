@@ -78,8 +78,9 @@ impl B {
         })
     }
 
-    /// A deletion carries the deleted event's content, as the gateway publishes it.
-    fn delete_event(&mut self, id: &str, start: i64) -> Input {
+    /// A deletion carries the deleted event's type, product and times, as the gateway
+    /// publishes it.
+    fn delete_event(&mut self, id: &str, kind: &str, product: Option<&str>, start: i64) -> Input {
         self.event_seq += 1;
         Input::Event(UserEventChange {
             user_id: "u".into(),
@@ -87,8 +88,8 @@ impl B {
             change_index: 0,
             operation: Operation::Delete,
             event_id: id.into(),
-            event_type: "caffeine".into(),
-            product_id: None,
+            event_type: kind.into(),
+            product_id: product.map(str::to_owned),
             start_at: start,
             end_at: None,
             tz_offset_minutes: 120,
@@ -156,7 +157,10 @@ fn an_event_starting_in_the_after_window_makes_both_unreliable() {
     assert_eq!(meal.delta_percent, Some(0.0));
     assert_eq!((meal.baseline_count, meal.after_count), (60, 60));
     // Deleting the meal makes the coffee reliable again.
-    run(&mut h, vec![b.delete_event("e2", at(0, 9, 0))]);
+    run(
+        &mut h,
+        vec![b.delete_event("e2", "meal", None, at(0, 9, 0))],
+    );
     let rows = sessions(&h);
     assert_eq!(rows.len(), 1);
     assert!(rows[0].reliable);
@@ -208,7 +212,10 @@ fn a_deleted_event_removes_its_rows() {
     let mut b = B::default();
     let mut h = Harness::new(SessionImpacts::default());
     run(&mut h, coffee_morning(&mut b, 0, "e1"));
-    run(&mut h, vec![b.delete_event("e1", at(0, 8, 0))]);
+    run(
+        &mut h,
+        vec![b.delete_event("e1", "caffeine", Some("espresso"), at(0, 8, 0))],
+    );
     assert!(sessions(&h).is_empty());
     let last = h.outputs().last().unwrap();
     assert!(
@@ -298,12 +305,12 @@ fn events_without_a_product_group_by_type_and_periods_end_at_the_latest_live_eve
     assert_eq!(rows.len(), 2, "{rows:#?}");
     assert!(rows.iter().all(|r| r.as_of == at(10, 9, 0) && r.n == 1));
     // Deleted, asOf falls back to the meal's own start.
-    h.batch(vec![b.delete_event("late", at(10, 9, 0))]);
+    h.batch(vec![b.delete_event("late", "custom", None, at(10, 9, 0))]);
     let rows = products(&h);
     assert_eq!(rows.len(), 2, "{rows:#?}");
     assert!(rows.iter().all(|r| r.as_of == at(0, 13, 0)));
     // The meal deleted too: no event, no product row.
-    h.batch(vec![b.delete_event("meal", at(0, 13, 0))]);
+    h.batch(vec![b.delete_event("meal", "meal", None, at(0, 13, 0))]);
     assert!(products(&h).is_empty());
 }
 

@@ -353,10 +353,20 @@ fn corrections_replace_deletions_remove_and_empty_buckets_are_deleted_rows() {
     // Delete x: everything goes, including the day row.
     h.batch([b.delete("STEPS", "w", "x", T0)]);
     assert!(model(&h).is_empty());
-    // Deleting what does not exist changes nothing and emits nothing.
+    // Deleting what the state does not hold changes nothing, but renders again the rows
+    // it could have fed (a broker may have lost the records that held it): here its hour
+    // and day, both empty, so tombstones.
     let (outcomes, out) = h.batch([b.delete("STEPS", "w", "nope", T0)]);
     assert_eq!(outcomes, vec![Outcome::Applied]);
-    assert!(out.is_empty());
+    let keys: Vec<(&str, bool)> = out
+        .iter()
+        .map(|r| (r.bucket_start.as_str(), r.deleted))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![("2026-06-01", true), ("2026-06-01T00:00:00", true)]
+    );
+    assert!(model(&h).is_empty());
 }
 
 #[test]
