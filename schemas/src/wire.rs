@@ -19,15 +19,16 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apache_avro::from_value;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::{Schema, from_value};
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::avro_common::DecodeResult;
 use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
 };
+use serde::Serialize;
 
 use crate::Error;
 use crate::readmodel::{ReadModel, ReadModelProgress, ReadModelRecord};
@@ -126,7 +127,16 @@ impl AvroCodec {
     /// as [`Self::encode`]; [`RecordEncoder::encode`] then does no lookup, lock or schema
     /// copy per record. Its bytes equal `encode`'s.
     pub async fn encoder_for<R: AvroRecord>(&self) -> Result<RecordEncoder<R>, Error> {
-        RecordEncoder::new(self.schema_id::<R>().await?)
+        RecordEncoder::new(self.schema_id::<R>().await?, R::schema())
+    }
+
+    /// A synchronous encoder of progress records for read model `M`'s topic, like
+    /// [`Self::encoder_for`]; its bytes equal [`Self::encode_progress`]'s.
+    pub async fn progress_encoder_for<M: ReadModel>(
+        &self,
+    ) -> Result<RecordEncoder<ReadModelProgress>, Error> {
+        let id = self.id_under(self.progress_strategy::<M>()).await?;
+        RecordEncoder::new(id, ReadModelProgress::schema())
     }
 
     /// A synchronous decoder for records written with `R`'s own compiled-in schema (the
@@ -139,8 +149,12 @@ impl AvroCodec {
     /// The registry id of `R`'s compiled-in schema under its subject (registered on first
     /// use).
     async fn schema_id<R: AvroRecord>(&self) -> Result<u32, Error> {
+        self.id_under(self.strategy::<R>()).await
+    }
+
+    /// The registry id of the schema a strategy supplies (registered on first use).
+    async fn id_under(&self, strategy: SubjectNameStrategy) -> Result<u32, Error> {
         self.seed().await?;
-        let strategy = self.strategy::<R>();
         let subject = strategy.get_subject()?;
         Ok(self.encoder.get_schema_and_id(&subject, strategy).await?.id)
     }
@@ -229,11 +243,11 @@ impl<R> std::fmt::Debug for RecordEncoder<R> {
     }
 }
 
-impl<R: AvroRecord> RecordEncoder<R> {
-    fn new(schema_id: u32) -> Result<Self, Error> {
+impl<R: Serialize> RecordEncoder<R> {
+    fn new(schema_id: u32, schema: &'static Schema) -> Result<Self, Error> {
         Ok(Self {
             schema_id,
-            writer: GenericDatumWriter::builder(R::schema()).build()?,
+            writer: GenericDatumWriter::builder(schema).build()?,
             _record: PhantomData,
         })
     }
@@ -388,6 +402,40 @@ mod tests {
             );
         }
         assert_ne!(samples.schema_id(), events.schema_id());
+
+        let rollups = codec
+            .encoder_for::<RollupUpsert>()
+            .await
+            .expect("rollup schema registers");
+        let progress = codec
+            .progress_encoder_for::<RollupUpsert>()
+            .await
+            .expect("progress schema registers");
+        let p = ReadModelProgress::new(
+            "u",
+            "rollups",
+            crate::AppliedSeqs {
+                samples: 7,
+                events: 0,
+            },
+        );
+        let fast = progress.encode(&p).expect("fast encode");
+        assert_eq!(
+            fast,
+            codec
+                .encode_progress::<RollupUpsert>(&p)
+                .await
+                .expect("encode")
+        );
+        assert_ne!(progress.schema_id(), rollups.schema_id());
+        match codec
+            .decode_read_model::<RollupUpsert>(&fast)
+            .await
+            .expect("decode")
+        {
+            ReadModelRecord::Progress(read) => assert_eq!(read, p),
+            ReadModelRecord::Row(_) => panic!("a progress record read as a row"),
+        }
     }
 
     #[tokio::test]

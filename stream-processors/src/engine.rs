@@ -6,11 +6,14 @@
 //! It owns the per-user bookkeeping (`UserMeta`: last applied change id per stream and the
 //! event-time watermark); it must never do I/O.
 
+use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use pulseline_schemas::wire::RecordEncoder;
 use pulseline_schemas::{AvroCodec, AvroRecord};
 use serde::{Deserialize, Serialize};
 
@@ -364,10 +367,50 @@ pub trait EncodeOutput: Send + Sync + Debug {
     fn key(&self) -> String;
     /// The un-prefixed topic.
     fn topic(&self) -> &'static str;
-    fn encode<'a>(
-        &'a self,
-        codec: &'a AvroCodec,
-    ) -> BoxFuture<'a, Result<Vec<u8>, pulseline_schemas::Error>>;
+    /// The record in the wire format; `None` when `encoders` has none for its type (they
+    /// are built from the same processors as the tasks, so that is a bug).
+    fn encode(
+        &self,
+        encoders: &OutputEncoders,
+    ) -> Option<Result<Vec<u8>, pulseline_schemas::Error>>;
+}
+
+/// The encoders of every registered read model's rows and progress records, built once
+/// (their schema ids need the registry) so that encoding a record needs no registry
+/// lookup, lock, schema copy or value tree.
+#[derive(Default)]
+pub struct OutputEncoders(HashMap<TypeId, Box<dyn Any + Send + Sync>>);
+
+/// The progress encoder of read model `M`'s topic (its own type, to be found by type).
+struct ProgressEncoder<M>(RecordEncoder<ReadModelProgress>, PhantomData<fn() -> M>);
+
+impl OutputEncoders {
+    pub async fn new(
+        processors: &[Box<dyn DynProcessor>],
+        codec: &AvroCodec,
+    ) -> Result<Self, pulseline_schemas::Error> {
+        let mut encoders = Self::default();
+        for p in processors {
+            p.add_encoders(codec, &mut encoders).await?;
+        }
+        Ok(encoders)
+    }
+
+    fn insert<T: Any + Send + Sync>(&mut self, encoder: T) {
+        self.0.insert(TypeId::of::<T>(), Box::new(encoder));
+    }
+
+    fn get<T: Any>(&self) -> Option<&T> {
+        self.0.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+}
+
+impl Debug for OutputEncoders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputEncoders")
+            .field("types", &self.0.len())
+            .finish()
+    }
 }
 
 /// A row of read model `M`.
@@ -384,11 +427,11 @@ impl<M: ReadModel> EncodeOutput for RowOut<M> {
     fn topic(&self) -> &'static str {
         M::TOPIC
     }
-    fn encode<'a>(
-        &'a self,
-        codec: &'a AvroCodec,
-    ) -> BoxFuture<'a, Result<Vec<u8>, pulseline_schemas::Error>> {
-        Box::pin(codec.encode(&self.0))
+    fn encode(
+        &self,
+        encoders: &OutputEncoders,
+    ) -> Option<Result<Vec<u8>, pulseline_schemas::Error>> {
+        Some(encoders.get::<RecordEncoder<M>>()?.encode(&self.0))
     }
 }
 
@@ -406,11 +449,11 @@ impl<M: ReadModel> EncodeOutput for ProgressOut<M> {
     fn topic(&self) -> &'static str {
         M::TOPIC
     }
-    fn encode<'a>(
-        &'a self,
-        codec: &'a AvroCodec,
-    ) -> BoxFuture<'a, Result<Vec<u8>, pulseline_schemas::Error>> {
-        Box::pin(codec.encode_progress::<M>(&self.0))
+    fn encode(
+        &self,
+        encoders: &OutputEncoders,
+    ) -> Option<Result<Vec<u8>, pulseline_schemas::Error>> {
+        Some(encoders.get::<ProgressEncoder<M>>()?.0.encode(&self.0))
     }
 }
 
@@ -421,6 +464,12 @@ pub trait DynProcessor: Send + Sync + Debug {
     /// The un-prefixed read-model topic.
     fn output_topic(&self) -> &'static str;
     fn new_task(&self, config: EngineConfig) -> Box<dyn DynTask>;
+    /// Adds the encoders of its rows and progress records.
+    fn add_encoders<'a>(
+        &'a self,
+        codec: &'a AvroCodec,
+        into: &'a mut OutputEncoders,
+    ) -> BoxFuture<'a, Result<(), pulseline_schemas::Error>>;
 }
 
 /// A `PartitionTask` as the runtime holds it. `finish_batch` puts the rows first, then the
@@ -454,6 +503,18 @@ impl<P: Processor> DynProcessor for Registered<P> {
     fn new_task(&self, config: EngineConfig) -> Box<dyn DynTask> {
         Box::new(ErasedTask {
             task: PartitionTask::new(self.0.clone(), config),
+        })
+    }
+    fn add_encoders<'a>(
+        &'a self,
+        codec: &'a AvroCodec,
+        into: &'a mut OutputEncoders,
+    ) -> BoxFuture<'a, Result<(), pulseline_schemas::Error>> {
+        Box::pin(async move {
+            into.insert(codec.encoder_for::<P::Output>().await?);
+            let progress = codec.progress_encoder_for::<P::Output>().await?;
+            into.insert(ProgressEncoder::<P::Output>(progress, PhantomData));
+            Ok(())
         })
     }
 }

@@ -119,11 +119,13 @@ impl Worker {
     /// become dead letters. A registry outage is an error: the batch is retried, nothing is
     /// skipped.
     fn decode(&mut self, batch: &[OwnedMessage]) -> Result<Decoded, RuntimeError> {
-        let decoders = match self.decoders.take() {
-            Some(d) => d,
-            None => self.rt.block_on(InputDecoders::new(&self.codec))?,
+        let coders = match self.coders.take() {
+            Some(c) => c,
+            None => self
+                .rt
+                .block_on(Coders::new(&self.codec, &self.processors))?,
         };
-        let decoders = &*self.decoders.insert(decoders);
+        let coders = &*self.coders.insert(coders);
         let codec = &self.codec;
         let mut dead: Vec<DeadLetter> = Vec::new();
         // Per topic-partition: the offset after its last record, and the records counted
@@ -160,10 +162,10 @@ impl Worker {
             };
             let decoded = match stream {
                 Stream::Samples => {
-                    decode_input(&self.rt, codec, &decoders.samples, payload).map(Input::Sample)
+                    decode_input(&self.rt, codec, &coders.samples, payload).map(Input::Sample)
                 }
                 Stream::Events => {
-                    decode_input(&self.rt, codec, &decoders.events, payload).map(Input::Event)
+                    decode_input(&self.rt, codec, &coders.events, payload).map(Input::Event)
                 }
             };
             match decoded {
@@ -284,13 +286,19 @@ impl Worker {
                 meta_entries.extend(out.meta.into_iter().map(|e| (p, partition, e)));
             }
         }
-        let encoded: Vec<Vec<u8>> = self.rt.block_on(async {
-            let mut encoded = Vec::with_capacity(outputs.len());
-            for o in &outputs {
-                encoded.push(o.encode(&self.codec).await?);
-            }
-            Ok::<_, pulseline_schemas::Error>(encoded)
-        })?;
+        // `decode` made the coders at the start of the batch.
+        let encoders = &self
+            .coders
+            .as_ref()
+            .ok_or_else(|| RuntimeError::Config("output encoders missing".into()))?
+            .outputs;
+        let mut encoded = Vec::with_capacity(outputs.len());
+        for o in &outputs {
+            let bytes = o.encode(encoders).ok_or_else(|| {
+                RuntimeError::Config(format!("no encoder for a record of {}", o.topic()))
+            })??;
+            encoded.push(bytes);
+        }
 
         Ok(Rendered {
             outputs,

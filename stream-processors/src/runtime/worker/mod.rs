@@ -29,7 +29,9 @@ use super::kafka::{
 use super::metrics::{BatchAborted, BatchCommitted, DeadLettered, Restored, RuntimeMetrics};
 use super::restore::{ATTEMPT_HEADER, MARKER_KEY, Positions, RANGE_HEADER, Range};
 use super::{Faults, Status, restore};
-use crate::engine::{DAY_MICROS, DynProcessor, DynTask, EncodeOutput, EngineConfig, Outcome};
+use crate::engine::{
+    DAY_MICROS, DynProcessor, DynTask, EncodeOutput, EngineConfig, Outcome, OutputEncoders,
+};
 use crate::processor::{Input, Stream};
 
 mod assignment;
@@ -64,17 +66,23 @@ type Tasks = Vec<Box<dyn DynTask>>;
 /// A revoked partition's tasks and the changelog ends seen at revocation.
 type Standby = (Tasks, Vec<i64>);
 
-/// The inputs' decoders for records written with the compiled-in schemas.
-struct InputDecoders {
+/// The inputs' decoders for records written with the compiled-in schemas, and the
+/// outputs' encoders.
+struct Coders {
     samples: RecordDecoder<SampleChange>,
     events: RecordDecoder<UserEventChange>,
+    outputs: OutputEncoders,
 }
 
-impl InputDecoders {
-    async fn new(codec: &AvroCodec) -> Result<Self, pulseline_schemas::Error> {
+impl Coders {
+    async fn new(
+        codec: &AvroCodec,
+        processors: &[Box<dyn DynProcessor>],
+    ) -> Result<Self, pulseline_schemas::Error> {
         Ok(Self {
             samples: codec.decoder_for().await?,
             events: codec.decoder_for().await?,
+            outputs: OutputEncoders::new(processors, codec).await?,
         })
     }
 }
@@ -92,7 +100,7 @@ pub(crate) struct Worker {
     rt: tokio::runtime::Runtime,
     codec: AvroCodec,
     /// Made on the first batch (they need the registry).
-    decoders: Option<InputDecoders>,
+    coders: Option<Coders>,
     consumer: BaseConsumer<GroupContext>,
     producer: ThreadedProducer<DeliveryContext>,
     topics: Topics,
@@ -205,7 +213,7 @@ impl Worker {
             engine,
             rt,
             codec,
-            decoders: None,
+            coders: None,
             consumer,
             producer,
             topics: Topics {
