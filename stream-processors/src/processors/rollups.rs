@@ -27,9 +27,9 @@ use chrono::{Datelike, NaiveDate};
 use pulseline_schemas::records::{Period, RollupKey, RollupUpsert, SampleChange};
 use pulseline_schemas::{Aggregation, Catalog, Operation, ValueKind};
 
-use self::compute::{Bucket, PointKind, local_hour};
+use self::compute::{Bucket, PointKind};
 pub use self::state::RollupState;
-use self::state::{Sample, SampleKey};
+use self::state::{Sample, SampleKey, hours_touched};
 use super::priority::SourcePriority;
 use crate::processor::{Context, Flush, Input, Processor, Rejection};
 
@@ -87,7 +87,13 @@ impl Rollups {
         let Some(series) = state.series(&s.metric) else {
             return;
         };
-        let (first, last) = series.hours_touched(s, self.is_cumulative(&s.metric));
+        let (first, last) = hours_touched(
+            s.start,
+            s.end,
+            s.tz_minutes,
+            series.offsets(),
+            self.is_cumulative(&s.metric),
+        );
         self.touch_hours(ctx, &s.metric, first, last);
     }
 
@@ -101,28 +107,13 @@ impl Rollups {
         if self.aggregation(&s.metric).is_none() {
             return;
         }
-        let lost = Sample {
-            metric: s.metric.clone(),
-            source_id: s.source_id.clone(),
-            source_record_id: s.source_record_id.clone(),
-            device_type: s.device_type.clone(),
-            start: s.start_at,
-            end: s.end_at.unwrap_or(s.start_at).max(s.start_at),
-            tz_minutes: s.tz_offset_minutes,
-            value: 0.0,
-        };
-        let cumulative = self.is_cumulative(&s.metric);
-        let last_instant = if cumulative && lost.end > lost.start {
-            lost.end - 1
-        } else {
-            lost.start
-        };
-        let tz = lost.tz_minutes;
-        let (mut first, mut last) = (local_hour(lost.start, tz), local_hour(last_instant, tz));
-        if let Some(series) = state.series(&s.metric) {
-            let (f, l) = series.hours_touched(&lost, cumulative);
-            (first, last) = (first.min(f), last.max(l));
-        }
+        let (first, last) = hours_touched(
+            s.start_at,
+            s.end_at.unwrap_or(s.start_at),
+            s.tz_offset_minutes,
+            state.series(&s.metric).and_then(|series| series.offsets()),
+            self.is_cumulative(&s.metric),
+        );
         self.touch_hours(ctx, &s.metric, first, last);
     }
 

@@ -57,22 +57,9 @@ impl Series {
         self.offsets.unwrap_or((0, 0))
     }
 
-    /// The local hours (first, last) whose buckets `s` can change (a superset). For
-    /// cumulative metrics that is every hour its interval touches under any offset of the
-    /// series (a change to `s` can expose or hide another sample, which lands in its own
-    /// local hour); otherwise the hour of its start.
-    pub fn hours_touched(&self, s: &Sample, cumulative: bool) -> (i64, i64) {
-        if cumulative {
-            let (lo, hi) = self.offset_range();
-            let last_instant = if s.end > s.start { s.end - 1 } else { s.start };
-            (
-                compute::local_hour(s.start, lo),
-                compute::local_hour(last_instant, hi),
-            )
-        } else {
-            let h = compute::local_hour(s.start, s.tz_minutes);
-            (h, h)
-        }
+    /// Range of `tzOffsetMinutes` ever stored; `None` before the first sample.
+    pub fn offsets(&self) -> Option<(i32, i32)> {
+        self.offsets
     }
 
     /// The UTC window holding every instant that is in local day `day` under some offset
@@ -83,6 +70,31 @@ impl Series {
             day * compute::DAY - compute::offset_micros(hi),
             (day + 1) * compute::DAY - compute::offset_micros(lo),
         )
+    }
+}
+
+/// The local hours (first, last) whose buckets a sample over `[start, end)` at offset `tz`
+/// can change, in a series whose offsets span `offsets` (a superset). For cumulative
+/// metrics that is every hour its interval touches under its own offset or any of the
+/// series' (a change to it can expose or hide another sample, which lands in its own local
+/// hour); otherwise the hour of its start.
+pub(crate) fn hours_touched(
+    start: i64,
+    end: i64,
+    tz: i32,
+    offsets: Option<(i32, i32)>,
+    cumulative: bool,
+) -> (i64, i64) {
+    if cumulative {
+        let (lo, hi) = offsets.map_or((tz, tz), |(lo, hi)| (lo.min(tz), hi.max(tz)));
+        let last_instant = if end > start { end - 1 } else { start };
+        (
+            compute::local_hour(start, lo),
+            compute::local_hour(last_instant, hi),
+        )
+    } else {
+        let h = compute::local_hour(start, tz);
+        (h, h)
     }
 }
 
